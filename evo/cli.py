@@ -1,0 +1,110 @@
+"""The `evo` command line. Errors a user can fix are printed without a traceback (exit 2)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from gpt.errors import UserError
+
+SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "causality", "canary", "stateless",
+                "train_seconds", "slot_seconds", "eval_seconds", "startup_seconds", "export_seconds", "steps")
+
+
+def print_summary(result: dict, keys=SUMMARY_KEYS, file=sys.stdout) -> None:
+    """`key: value` lines that a person and grep can both read."""
+    for key in keys:
+        value = result.get(key)
+        if value is None and key in ("reason", "test_bpb", "steps"):
+            continue
+        text = f"{value:.6f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+        print(f"{key + ':':<17}{text}", file=file)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_prepare(args) -> int:
+    from gpt.data import prepare
+
+    dataset = prepare(args.data, root=Path(args.out) if args.out else None, seed=args.seed)
+    m = dataset.manifest
+    print(f"dataset:   {dataset.path}")
+    print(f"source:    {m['source']}")
+    for split in ("train", "val", "heldout", "test"):
+        print(f"{split + ':':<10} {m['documents'][split]} documents, {m['bytes'][split]} bytes, {m['tokens'][split]} tokens")
+    print(f"duplicates removed: {m['duplicates_removed']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import os
+
+    from gpt.data import prepare
+    from gpt.runner import SlotJob, run_slot
+
+    genome = Path(args.genome)
+    if not genome.is_file():
+        raise UserError(f"genome {genome} does not exist; pass the path of a training script such as genomes/tiny_cpu.py")
+    dataset = prepare(args.data)
+    out = Path(args.out or Path("logs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{genome.stem}")
+    device = args.device or default_device()
+    print(f"evaluating {genome} for {args.budget:g} s on {device} -> {out}", file=sys.stderr)
+    result = run_slot(SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=args.budget,
+                              seed=args.seed, device=device, test=args.test,
+                              threads=(os.cpu_count() or 1) if device == "cpu" else 0))
+    print_summary(result)
+    if result["status"] == "failed" and result.get("stderr_tail"):
+        print("--- stderr (tail)", file=sys.stderr)
+        print(result["stderr_tail"], file=sys.stderr)
+    return 0 if result["status"] == "ok" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="prepare a dataset (splits, canaries, token memmaps)")
+    p.add_argument("--data", default="stdlib", help="stdlib | text:GLOB | parquet:GLOB[:COLUMN]")
+    p.add_argument("--out", help="dataset root folder (default: $EVO_DATA_DIR or ~/.cache/evo/data)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (fixes the canaries)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("eval", help="train and score one genome through the harness")
+    p.add_argument("genome")
+    p.add_argument("--budget", type=float, default=30.0, help="training budget in seconds")
+    p.add_argument("--data", default="stdlib")
+    p.add_argument("--out", help="evaluation folder (default: logs/eval-<time>-<genome>)")
+    p.add_argument("--seed", type=int, default=0, help="harness seed for this slot")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--test", action="store_true", help="also score the test split (for exports only)")
+    p.set_defaults(func=cmd_eval)
+
+    from evo import commands
+
+    commands.add_run_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

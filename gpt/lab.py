@@ -1,0 +1,180 @@
+"""The genome contract: the only API a genome uses to talk to the harness.
+
+    from gpt import lab
+    run = lab.connect()          # slot spec from the harness; standalone: a local default run
+    run.budget_s, run.device, run.seed, run.vocab_size
+    run.train_batches(batch_size, seq_len)   # endless (x, y) int64 batches of the train split
+    run.time_left()              # seconds left on the harness clock (starts at connect)
+    run.submit(model)            # model(idx[B, T]) -> logits[B, T, vocab_size]
+
+The harness owns the data, the seed, the clock and the scoring. A slot spec names the
+train split only: the genome never learns where the evaluation splits live.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPEC_ENV = "EVO_SLOT_SPEC"
+ARTIFACT_NAME = "model.pt2"
+EXPORT_ERROR_NAME = "export_error.txt"
+TIMINGS_NAME = "lab_timings.json"
+STANDALONE_BUDGET_S = 30.0
+DEFAULT_EVAL_SEQ_LEN = 256
+
+
+class ExportError(RuntimeError):
+    """The submitted model cannot be exported; the message says what the genome must change."""
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """Facts of one slot, written by the harness and read by `connect()`."""
+
+    budget_s: float
+    device: str
+    seed: int
+    vocab_size: int
+    train_path: str
+    out_dir: str
+    eval_seq_len: int = DEFAULT_EVAL_SEQ_LEN
+    threads: int = 0
+    standalone: bool = False
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "SlotSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def write(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Run:
+    """One training run inside a slot."""
+
+    def __init__(self, spec: SlotSpec):
+        self._spec = spec
+        self._connected_at = time.monotonic()
+        self._deadline = self._connected_at + spec.budget_s
+        self._train = np.memmap(spec.train_path, dtype=np.uint16, mode="r")
+        if spec.threads > 0:
+            torch.set_num_threads(spec.threads)
+        random.seed(spec.seed)
+        np.random.seed(spec.seed % 2**32)
+        torch.manual_seed(spec.seed)
+
+    budget_s = property(lambda self: self._spec.budget_s)
+    device = property(lambda self: self._spec.device)
+    seed = property(lambda self: self._spec.seed)
+    vocab_size = property(lambda self: self._spec.vocab_size)
+    eval_seq_len = property(lambda self: self._spec.eval_seq_len, doc="longest sequence the scorer feeds the model")
+
+    def time_left(self) -> float:
+        """Seconds left on the harness clock (it started at connect)."""
+        return self._deadline - time.monotonic()
+
+    def train_batches(self, batch_size: int, seq_len: int):
+        """Endless iterator of (x, y) int64 tensors on `device`, train split only, order seeded by `seed`."""
+        if seq_len + 1 >= len(self._train):
+            raise ValueError(f"seq_len {seq_len} is longer than the train split ({len(self._train)} tokens)")
+        rng = np.random.default_rng([self._spec.seed, 0xBA7C])
+        offsets = np.arange(seq_len + 1)
+        pin = self._spec.device.startswith("cuda")
+        while True:
+            starts = rng.integers(0, len(self._train) - seq_len - 1, batch_size)
+            chunk = torch.from_numpy(self._train[starts[:, None] + offsets].astype(np.int64))
+            if pin:
+                chunk = chunk.pin_memory().to(self._spec.device, non_blocking=True)
+            else:
+                chunk = chunk.to(self._spec.device)
+            yield chunk[:, :-1], chunk[:, 1:]
+
+    def submit(self, model: torch.nn.Module) -> Path:
+        """Export the model with torch.export and hand it to the harness for scoring."""
+        submitted_at = time.monotonic()
+        out = Path(self._spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            program = export_model(model, self._spec.eval_seq_len, self._spec.device)
+        except ExportError as exc:
+            (out / EXPORT_ERROR_NAME).write_text(str(exc))
+            raise
+        torch.export.save(program, str(out / ARTIFACT_NAME))
+        (out / TIMINGS_NAME).write_text(json.dumps({
+            "train_s": submitted_at - self._connected_at,
+            "export_s": time.monotonic() - submitted_at,
+        }))
+        if self._spec.standalone:
+            _score_standalone(self._spec)
+        return out / ARTIFACT_NAME
+
+
+def export_model(model: torch.nn.Module, eval_seq_len: int, device: str):
+    """torch.export the model with dynamic batch and sequence dimensions up to `eval_seq_len`."""
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"submit() needs a torch.nn.Module, got {type(model).__name__}")
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq = torch.export.Dim("seq", min=1, max=eval_seq_len)
+    example = torch.zeros(2, min(16, eval_seq_len), dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, (example,), dynamic_shapes=({0: batch, 1: seq},))
+    except Exception as exc:
+        raise ExportError(
+            f"the model could not be exported with torch.export ({type(exc).__name__}: {str(exc)[:2000]}).\n"
+            "The genome must change its model so that forward(idx) is traceable: take one LongTensor "
+            f"[B, T] with any B and any T <= {eval_seq_len}, return logits [B, T, vocab_size], avoid "
+            "Python control flow on tensor values and data-dependent shapes, and size position tables "
+            f"to at least {eval_seq_len}."
+        ) from exc
+
+
+def _standalone_spec() -> SlotSpec:
+    from gpt.data import prepare
+
+    dataset = prepare()
+    out = tempfile.mkdtemp(prefix="evo-lab-")
+    budget = float(os.environ.get("EVO_BUDGET", STANDALONE_BUDGET_S))
+    return SlotSpec(budget_s=budget, device=_default_device(), seed=int(os.environ.get("EVO_SEED", 0)),
+                    vocab_size=dataset.tokenizer.vocab_size, train_path=str(dataset.train_path),
+                    out_dir=out, standalone=True)
+
+
+def _score_standalone(spec: SlotSpec) -> None:
+    """Run by hand, a genome prints its scores from the scorer, in a separate process."""
+    from gpt.data import prepare
+
+    request = {"artifact": str(Path(spec.out_dir) / ARTIFACT_NAME), "dataset": str(prepare().path),
+               "seq_len": spec.eval_seq_len, "device": spec.device, "seed": spec.seed}
+    result = subprocess.run([sys.executable, "-m", "gpt.score"], input=json.dumps(request),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        return
+    scores = json.loads(result.stdout)
+    print("---")
+    for key in ("val_bpb", "heldout_bpb", "causality", "canary", "stateless", "eval_seconds"):
+        value = scores.get(key)
+        print(f"{key + ':':<14}{value:.6f}" if isinstance(value, float) else f"{key + ':':<14}{value}")
+
+
+def connect() -> Run:
+    """Read the slot spec the harness gives; without one, start a local default run."""
+    path = os.environ.get(SPEC_ENV)
+    return Run(SlotSpec.read(path) if path else _standalone_spec())
