@@ -1,5 +1,235 @@
-"""Sub-commands of `evo` that drive evolution runs (run, resume, status, show, export)."""
+"""Sub-commands that drive evolution runs: run, resume, status, show, export, config."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import time
+from pathlib import Path
+
+from evo import config as cfg
+from evo.genome import Genome
+from evo.journal import Journal
+from gpt.errors import UserError
+
+JOURNAL_NAME = "journal.sqlite"
 
 
+# ------------------------------------------------------------------ opening runs
+def open_run(run_dir: str | Path, resume: bool = False, overrides: dict | None = None, quiet: bool = True):
+    """Load a run's config and journal and replay its state. With `resume`, evaluations that were
+    running when the controller died are re-queued and lost follow-ups are repaired."""
+    from evo.evolve import Evolution
+
+    run_dir = Path(run_dir)
+    if not (run_dir / JOURNAL_NAME).exists():
+        raise UserError(f"{run_dir} is not a run directory (no {JOURNAL_NAME}); `evo run` creates one")
+    journal = Journal(run_dir / JOURNAL_NAME)
+    saved = journal.get_meta("config")
+    config = cfg.RunConfig(**{**saved, "genomes": tuple(saved["genomes"]), **(overrides or {})})
+    if resume:
+        journal.event("resumed", requeued=journal.requeue_running())
+    evolution = Evolution(run_dir, config, journal, journal.get_meta("dataset"), quiet=quiet)
+    evolution.replay(repair=resume)
+    return evolution
+
+
+def _overrides(args) -> dict:
+    return {"preset": args.preset, "out": args.out, "evals": args.evals, "hours": args.hours,
+            "budget_s": args.budget, "slots": args.slots, "genomes": tuple(args.genome) if args.genome else None,
+            "data": args.data, "seed": args.seed}
+
+
+def _llm_settings(config: cfg.RunConfig, args) -> dict:
+    """The [llm] table, with --llm/--llm-base-url adding a model; validated before anything is written."""
+    llm = dict(config.llm)
+    if getattr(args, "llm", None):
+        model = {"model": args.llm, "base_url": args.llm_base_url or "https://api.openai.com/v1"}
+        if args.llm_key_env is not None:
+            model["api_key_env"] = args.llm_key_env
+        llm["models"] = list(llm.get("models", [])) + [model]
+    if llm:
+        from evo.llm.config import LLMConfig
+
+        LLMConfig.from_dict(llm).check_keys()
+    return llm
+
+
+def cmd_run(args) -> int:
+    from evo.evolve import Evolution, harness_seed
+    from evo.slots import SlotPool
+    from gpt.data import prepare
+
+    config = cfg.resolve(cfg.read_toml(args.config) if args.config else {}, _overrides(args))
+    config = dataclasses.replace(config, llm=_llm_settings(config, args))
+    seeds = []
+    for path in config.genomes:
+        if not Path(path).is_file():
+            raise UserError(f"seed genome {path} does not exist; give a training script with --genome PATH")
+        seeds.append(Genome(source=Path(path).read_text(), operator="seed", rationale=f"seed genome {path}"))
+    pool = SlotPool.create(config.device, config.slots, config.dask_scheduler)
+    dataset = prepare(config.data)
+    run_dir = Path(config.out or Path("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.preset}")
+    if (run_dir / JOURNAL_NAME).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with `evo resume {run_dir}` or pick --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.toml").write_text(config.to_toml())
+    journal = Journal(run_dir / JOURNAL_NAME)
+    journal.set_meta("config", dataclasses.asdict(config))
+    journal.set_meta("dataset", str(dataset.path))
+    journal.set_meta("seeds", [g.id for g in seeds])
+    for genome in seeds:
+        journal.add_genome(genome, "noise", [harness_seed(config.seed, genome.id, k) for k in range(config.noise_repeats)])
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    print(f"slots: {', '.join(s.name for s in pool.slots)}; budget {config.budget_s:g} s; "
+          f"evaluations {config.evals or 'unlimited'}; TensorBoard: tensorboard --logdir {run_dir.parent}", file=sys.stderr)
+    evolution = Evolution(run_dir, config, journal, str(dataset.path), quiet=args.quiet)
+    return _finish(evolution.run(pool), run_dir)
+
+
+def cmd_resume(args) -> int:
+    from evo.slots import SlotPool
+
+    overrides = {k: v for k, v in {"evals": args.evals, "hours": args.hours}.items() if v is not None}
+    evolution = open_run(args.run_dir, resume=True, overrides=overrides, quiet=args.quiet)
+    done = evolution.journal.count("state = 'done' AND purpose != 'export'")
+    print(f"resuming {args.run_dir}: {done} evaluations done", file=sys.stderr)
+    config = evolution.config
+    pool = SlotPool.create(config.device, config.slots, config.dask_scheduler)
+    return _finish(evolution.run(pool), Path(args.run_dir))
+
+
+def _finish(summary: dict, run_dir: Path) -> int:
+    print("---")
+    for key in ("evaluations", "seed_mean_val_bpb", "noise_floor", "best_genome", "best_mean_val_bpb",
+                "best_n_evals", "flagged", "wall_seconds", "slot_utilization", "stopped"):
+        value = summary.get(key)
+        print(f"{key + ':':<20}{value:.4f}" if isinstance(value, float) else f"{key + ':':<20}{value}")
+    print(f"{'run_dir:':<20}{run_dir}")
+    return 130 if str(summary.get("stopped", "")).startswith("interrupted") else 0
+
+
+# ------------------------------------------------------------------ inspecting runs
+def cmd_status(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    evo = open_run(args.run_dir)
+    j = evo.journal
+    console = Console()
+    table = Table(title=f"{args.run_dir}: best genomes")
+    for col in ("id", "fitness", "mean val_bpb", "evals", "held-out answer", "flags", "operator", "parent"):
+        table.add_column(col)
+    ranked = sorted(evo.records.items(), key=lambda kv: kv[1].fitness, reverse=True)
+    for gid, rec in ranked[: args.top]:
+        genome = j.genome(gid)
+        flags = rec.flagged or rec.failed or ""
+        if gid == evo.incumbent:
+            flags = ("best " + flags).strip()
+        table.add_row(gid, f"{rec.fitness:.4f}", f"{rec.mean:.4f}" if rec.mean is not None else "-", str(len(rec.vals)),
+                      f"{rec.answer:.4f}" if rec.answer is not None else "-", flags, genome.operator,
+                      genome.parents[0] if genome.parents else "-")
+    console.print(table)
+    counts = {state: j.count("state = ? AND purpose != 'export'", (state,)) for state in ("done", "running", "queued")}
+    limit = evo.config.evals or "unlimited"
+    console.print(f"evaluations: {counts['done']} done of {limit}, {counts['running']} running, {counts['queued']} queued")
+    if evo.floor is not None:
+        seed = evo.records[evo.seed_ids[0]]
+        best = evo.records[evo.incumbent]
+        console.print(f"noise floor: {evo.floor:.4f} bpb; seed mean {seed.mean:.4f}; best {evo.incumbent} "
+                      f"{best.mean:.4f} ({seed.mean - best.mean:+.4f} over seed)")
+        console.print(f"Thresholdout: {evo.thresholdout.state.spent} of {evo.thresholdout.state.budget} reveals spent")
+    sandboxes = sorted({r["sandbox"] for r in j.evaluations("sandbox IS NOT NULL")})
+    if sandboxes:
+        weak = [s for s in sandboxes if s != "bwrap"]
+        console.print(f"sandbox: {', '.join(sandboxes)}" + (" (warning: weaker than bwrap)" if weak else ""))
+    flagged = [(gid, rec.flagged) for gid, rec in evo.records.items() if rec.flagged]
+    for gid, reason in flagged:
+        console.print(f"flagged: {gid}: {reason}", style="red")
+    llm = j.llm_totals()
+    if llm["calls"]:
+        console.print(f"LLM: {llm['calls']} calls, {llm['prompt_tokens']} prompt + {llm['completion_tokens']} "
+                      f"completion tokens, ${llm['cost_usd']:.4f}")
+    return 0
+
+
+def diff_text(a: str, b: str, a_name: str = "parent", b_name: str = "child") -> str:
+    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), a_name, b_name))
+
+
+def cmd_show(args) -> int:
+    evo = open_run(args.run_dir)
+    gid = evo.journal.find_genome(args.genome_id)
+    genome, rec = evo.journal.genome(gid), evo.records.get(gid)
+    print(f"genome:    {gid}")
+    print(f"operator:  {genome.operator}")
+    print(f"rationale: {genome.rationale}")
+    print(f"parents:   {', '.join(genome.parents) or '-'}")
+    if rec:
+        print(f"fitness:   {rec.fitness:.4f}")
+        print(f"val_bpb:   {', '.join(f'{v:.4f}' for v in rec.vals) or '-'}"
+              + (f" (mean {rec.mean:.4f})" if rec.vals else ""))
+        print(f"flags:     {rec.flagged or rec.failed or '-'}")
+    if genome.parents:
+        print(diff_text(evo.journal.genome(genome.parents[0]).source, genome.source, genome.parents[0], gid))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from evo.export import export
+
+    export(Path(args.run_dir), args.genome, Path(args.out) if args.out else None, args.allow_flagged)
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(cfg.example_toml(), end="")
+    return 0
+
+
+# ------------------------------------------------------------------ argparse
 def add_run_commands(sub) -> None:
-    """Registered by the evolution package; empty until it lands."""
+    p = sub.add_parser("run", help="evolve a population of training scripts")
+    p.add_argument("--config", help="run.toml (see examples/run.toml)")
+    p.add_argument("--preset", help=f"one of {', '.join(cfg.PRESETS)} (default cpu-demo)")
+    p.add_argument("--out", help="run directory (default logs/<timestamp>-<preset>)")
+    p.add_argument("--evals", type=int, help="stop after this many evaluations")
+    p.add_argument("--hours", type=float, help="stop starting slots after this many hours")
+    p.add_argument("--budget", type=float, help="training budget of one slot, seconds")
+    p.add_argument("--slots", type=int, help="parallel slots")
+    p.add_argument("--genome", action="append", help="seed genome path (repeatable)")
+    p.add_argument("--data", help="stdlib | text:GLOB | parquet:GLOB[:COLUMN]")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--llm", help="add an LLM model for the LLM operators (e.g. gpt-4.1-mini)")
+    p.add_argument("--llm-base-url", help="OpenAI-compatible base URL (default https://api.openai.com/v1)")
+    p.add_argument("--llm-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue a run from its journal")
+    p.add_argument("run_dir")
+    p.add_argument("--evals", type=int, help="new evaluation limit (total)")
+    p.add_argument("--hours", type=float, help="new time limit for this session")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="the best genomes and the run's progress")
+    p.add_argument("run_dir")
+    p.add_argument("--top", type=int, default=15)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("show", help="one genome's metrics and its diff against its parent")
+    p.add_argument("run_dir")
+    p.add_argument("genome_id")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="write a genome as a standalone script with its lineage and a test score")
+    p.add_argument("run_dir")
+    p.add_argument("--genome", help="genome id (default: the best)")
+    p.add_argument("--out", help="output script path (default RUN_DIR/export/<id>.py)")
+    p.add_argument("--allow-flagged", action="store_true", help="export a flagged genome (stamped as flagged)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("config", help="print the documented example run.toml")
+    p.set_defaults(func=cmd_config)

@@ -1,30 +1,39 @@
 """The slot runner: train one genome in a subprocess under the harness clock, then score it.
 
 One slot, step by step:
+0. static checks (`gpt.static_checks`) read the genome's source: a `reject` finding fails
+   the slot at once (reason `rejected`) without starting any process;
 1. a fresh evaluation directory; the genome is copied to `work/genome.py`;
 2. the scorer process starts at once (it imports torch while the genome trains);
-3. `python genome.py` runs in its own process group with a minimal environment (no API
-   keys: the parent's environment is not inherited) and a slot spec naming only the
-   train split; stdout and stderr go to size-capped files;
-4. at `budget + grace` seconds the whole group is killed; the group is killed anyway
-   when the genome exits, so nothing of it outlives the slot;
-5. if an artifact was submitted, the scorer scores it; `result.json` records everything.
+3. `python genome.py` runs in a sandbox (`gpt.sandbox`: bwrap, netns or none; `auto` picks
+   the strongest that works here) with a minimal environment (no API keys: the parent's
+   environment is not inherited), a slot spec naming only the train split, rlimits on
+   memory and file size, and a watchdog on total memory, process count and work-dir size;
+   stdout and stderr go to size-capped files;
+4. at `budget + grace` seconds the whole slot is killed; when the genome exits, every
+   process the slot left behind (daemons, setsid'd children) is found and killed;
+5. if an artifact was submitted, the scorer scores it; `result.json` records everything,
+   including the sandbox level used (`sandbox`) and the static findings (`static_findings`).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gpt
+from gpt import sandbox
 from gpt.lab import ARTIFACT_NAME, EXPORT_ERROR_NAME, SPEC_ENV, TIMINGS_NAME, SlotSpec
+from gpt.static_checks import check_source, format_findings
 
 DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
 STDERR_TAIL_CHARS = 3000
@@ -53,10 +62,21 @@ class SlotJob:
     test: bool = False
     output_cap: int = DEFAULT_OUTPUT_CAP
     env: dict = field(default_factory=dict)  # extra variables, e.g. CUDA_VISIBLE_DEVICES
+    sandbox: str = "auto"  # auto | bwrap | netns | none (see gpt.sandbox)
+    memory_mb: int | None = None  # per-slot memory cap; None: sandbox.default_memory_mb(); 0: no cap
+    disk_mb: int = sandbox.DEFAULT_DISK_MB  # cap on each file and on the work dir's total size; 0: no cap
+    max_procs: int = sandbox.DEFAULT_MAX_PROCS  # cap on the slot's live processes (polled); 0: no cap
+    static_checks: bool = True  # False only for tests and red-team runs that must reach the sandbox
+
+    def limits(self) -> sandbox.Limits:
+        memory = sandbox.default_memory_mb() if self.memory_mb is None else self.memory_mb
+        return sandbox.Limits(memory_mb=memory, disk_mb=self.disk_mb, max_procs=self.max_procs)
 
 
-def genome_env(spec_path: Path, work: Path, threads: int, extra: dict) -> dict:
-    """The genome's whole environment: built from scratch, never copied from the parent."""
+def genome_env(spec_path: Path, work: Path, threads: int, extra: dict, token: str | None = None) -> dict:
+    """The genome's whole environment: built from scratch, never copied from the parent.
+
+    `token` marks every process of the slot (EVO_SLOT_TOKEN) so leftovers can be found."""
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": str(work),
@@ -67,9 +87,13 @@ def genome_env(spec_path: Path, work: Path, threads: int, extra: dict) -> dict:
         "PYTHONPATH": str(Path(gpt.__file__).resolve().parent.parent),
         SPEC_ENV: str(spec_path),
     }
+    if token:
+        env[sandbox.TOKEN_ENV] = token
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     env.update({k: str(v) for k, v in extra.items()})
+    if token:
+        env[sandbox.TOKEN_ENV] = token  # extra cannot override the marker
     return env
 
 
@@ -110,23 +134,32 @@ def _start_scorer(threads: int) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
 
 
-def train(job: SlotJob, out: Path) -> dict:
-    """Run the genome's training process under the hard wall clock; return what the runner saw."""
+def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
+    """Run the genome's training process in its sandbox under the hard wall clock; return what the runner saw."""
+    level = level or sandbox.resolve_level(job.sandbox)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(job.genome, work / "genome.py")
     spec_path = out / "slot_spec.json"
     from gpt.data import Dataset
 
-    dataset = Dataset(Path(job.dataset))
+    dataset = Dataset(Path(job.dataset).resolve())
     SlotSpec(budget_s=job.budget_s, device=job.device, seed=job.seed, vocab_size=dataset.tokenizer.vocab_size,
              train_path=str(dataset.train_path), out_dir=str(work), eval_seq_len=job.eval_seq_len,
              threads=job.threads).write(spec_path)
     grace = job.grace_s if job.grace_s is not None else default_grace(job.budget_s)
+    limits = job.limits()
+    token = uuid.uuid4().hex
+    # the genome sees its work dir, the spec and the train split; the rest of the dataset folder is hidden
+    exposure = sandbox.Exposure(work=work, read_files=(spec_path, dataset.train_path), hide_dirs=(dataset.path,),
+                                gpu=job.device.startswith("cuda"))
+    cmd = sandbox.wrap_command(level, [sys.executable, "genome.py"], exposure, limits)
+    procs = sandbox.SlotProcesses(token)
+    watchdog = sandbox.Watchdog(procs, limits, work)
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "genome.py"], cwd=work, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=genome_env(spec_path, work, job.threads, job.env), start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=genome_env(spec_path, work, job.threads, job.env, token), start_new_session=True)
+    watchdog.start()
     pumps = [threading.Thread(target=_pump, args=(s, out / name, job.output_cap), daemon=True)
              for s, name in ((proc.stdout, "stdout.txt"), (proc.stderr, "stderr.txt"))]
     for p in pumps:
@@ -137,32 +170,81 @@ def train(job: SlotJob, out: Path) -> dict:
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        _kill_group(proc.pid)  # also ends anything the genome left running in its group
+        exited = proc.poll() is not None
+        watchdog.stop()
+        killed = procs.kill_all()  # everything of the slot: daemons, setsid'd children, the sandbox itself
+        _kill_group(proc.pid)
         proc.wait()
     train_seconds = time.monotonic() - start
     for p in pumps:
         p.join(timeout=5)
-    return {"timed_out": timed_out, "returncode": proc.returncode, "train_seconds": train_seconds,
-            "grace_s": grace, "work": work}
+    breach = watchdog.breach
+    if breach is None:
+        msg = sandbox.disk_verdict(work, limits)
+        if msg:
+            breach = ("disk_limit", msg)
+    leftovers = None
+    if exited and watchdog.breach is None:  # what the genome left running after its main process ended
+        leftovers = sum(1 for pid, comm in killed.items() if pid != proc.pid and comm not in sandbox.HELPER_NAMES)
+    return {"timed_out": timed_out and watchdog.breach is None, "returncode": proc.returncode,
+            "train_seconds": train_seconds, "grace_s": grace, "work": work, "sandbox": level, "breach": breach,
+            "limits": limits.describe(), "leftover_processes": leftovers, "peak_memory_mb": watchdog.peak_mb,
+            "peak_procs": watchdog.peak_procs}
+
+
+_MEMORY_ERRORS = re.compile(r"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|"
+                            r"out of memory|OutOfMemoryError")
+
+
+def _crash_reason(returncode: int, stderr_tail: str) -> tuple[str, str]:
+    """crash, refined to memory or disk_limit when the genome died of a limit."""
+    if _MEMORY_ERRORS.search(stderr_tail):
+        return "memory", f"exit code {returncode}: out of memory (the slot's memory cap or the device's)"
+    if "File too large" in stderr_tail:
+        return "disk_limit", f"exit code {returncode}: a file grew past the per-file cap (disk_mb)"
+    if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return "memory", f"exit code {returncode}: killed by SIGKILL, not by the harness (most likely out of memory)"
+    return "crash", f"exit code {returncode}"
+
+
+def _base_result(job: SlotJob, level: str, findings: list) -> dict:
+    return {"sandbox": level, "static_findings": [f.to_dict() for f in findings]}
 
 
 def run_slot(job: SlotJob) -> dict:
-    """Train and score one genome; write and return `result.json`'s content."""
+    """Check, train and score one genome; write and return `result.json`'s content."""
     slot_start = time.monotonic()
     out = Path(job.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    level = sandbox.resolve_level(job.sandbox)  # UserError when a named level is not available here
+    findings = check_source(Path(job.genome).read_text(errors="replace")) if job.static_checks else []
+    rejects = [f for f in findings if f.severity == "reject"]
+    if rejects:  # no slot is spent: no scorer, no genome process
+        result = {"status": "failed", "reason": "rejected",
+                  "detail": "static checks rejected the genome:\n" + format_findings(rejects),
+                  "budget_s": job.budget_s, "seed": job.seed, "device": job.device, "returncode": None,
+                  "train_seconds": 0.0, "slot_seconds": time.monotonic() - slot_start, "export_seconds": None,
+                  "startup_seconds": None, "stderr_tail": "", "steps": None,
+                  **_base_result(job, level, findings), "limits": job.limits().describe(), "leftover_processes": None}
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+        return result
     scorer = _start_scorer(job.threads)
+    scored = False
     try:
-        ran = train(job, out)
+        ran = train(job, out, level)
         work = ran["work"]
         result = {"status": "failed", "reason": None, "detail": None}
         artifact = work / ARTIFACT_NAME
-        if ran["timed_out"]:
+        if ran["breach"]:
+            reason, detail = ran["breach"]
+            result.update(reason=reason, detail=detail)
+        elif ran["timed_out"]:
             result.update(reason="timeout", detail=f"killed at budget {job.budget_s:g} s + grace {ran['grace_s']:g} s")
         elif (work / EXPORT_ERROR_NAME).exists():
             result.update(reason="export_error", detail=(work / EXPORT_ERROR_NAME).read_text()[:4000])
         elif ran["returncode"] != 0:
-            result.update(reason="crash", detail=f"exit code {ran['returncode']}")
+            reason, detail = _crash_reason(ran["returncode"], _tail(out / "stderr.txt"))
+            result.update(reason=reason, detail=detail)
         elif not artifact.exists():
             result.update(reason="no_submit", detail="the genome exited without calling run.submit(model)")
         else:
@@ -170,6 +252,7 @@ def run_slot(job: SlotJob) -> dict:
                        "eval_tokens": job.eval_tokens, "device": job.device, "seed": job.seed,
                        "test": job.test, "threads": job.threads}
             eval_start = time.monotonic()
+            scored = True
             try:
                 stdout, stderr = scorer.communicate(json.dumps(request), timeout=SCORE_TIMEOUT_S)
                 result = json.loads(stdout) if scorer.returncode == 0 else {
@@ -178,12 +261,13 @@ def run_slot(job: SlotJob) -> dict:
                 result = {"status": "failed", "reason": "score_timeout", "detail": f"scoring took over {SCORE_TIMEOUT_S} s"}
             result["eval_seconds"] = time.monotonic() - eval_start
     finally:
-        if scorer.poll() is None:
+        if scored and scorer.poll() is None:
             try:
                 scorer.communicate("", timeout=30)
             except subprocess.TimeoutExpired:
-                _kill_group(scorer.pid)
-        _kill_group(scorer.pid)
+                pass
+        _kill_group(scorer.pid)  # an unused scorer is not waited for: it holds no state
+        scorer.wait()
     lab_timings = {}
     if (work / TIMINGS_NAME).exists():
         try:
@@ -197,6 +281,8 @@ def run_slot(job: SlotJob) -> dict:
         startup_seconds=(ran["train_seconds"] - lab_timings["train_s"] - lab_timings["export_s"]) if lab_timings else None,
         stderr_tail=_tail(out / "stderr.txt") if result["status"] == "failed" else "",
         steps=_parse_steps(out / "stdout.txt"),
+        **_base_result(job, level, findings), limits=ran["limits"], leftover_processes=ran["leftover_processes"],
+        peak_memory_mb=ran["peak_memory_mb"],
     )
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result

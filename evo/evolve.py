@@ -1,0 +1,428 @@
+"""The evolution loop: asynchronous steady-state search with DEAP primitives.
+
+`Evolution.run()` is the core loop; everything it needs is built in `__init__`:
+the DEAP toolbox (selection and operators), the population, hall of fame, statistics
+and logbook, the slot pool, the journal, Thresholdout and TensorBoard. All state can be
+rebuilt from the journal (`replay`), which is how `evo resume` continues a run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from deap import base, creator, tools
+
+from evo import fitness as fit
+from evo.config import RunConfig
+from evo.genome import Genome, OperatorFailure, ParentInfo
+from evo.journal import Journal
+from evo.operators.knobs import KnobCrossover, KnobMutation
+from evo.progress import Progress
+from evo.slots import SlotPool
+from evo.tblog import TensorBoardLog
+from gpt.errors import UserError
+from gpt.runner import SlotJob
+
+HALL_OF_FAME_SIZE = 10
+MAX_OPERATOR_FAILURES = 50  # consecutive failed proposals before the run stops making children
+
+
+class Member:
+    """A population member: a genome id. Its length is the code size used for parsimony."""
+
+    def __init__(self, genome_id: str, length: int):
+        self.genome_id = genome_id
+        self.length = length
+
+
+if not hasattr(creator, "EvoFitness"):
+    # Two values compared lexicographically: fitness first, then shorter code (weight -1)
+    # breaks exact ties: autoresearch's simplicity criterion inside tools.selTournament.
+    creator.create("EvoFitness", base.Fitness, weights=(1.0, -1.0))
+    creator.create("EvoIndividual", Member, fitness=creator.EvoFitness)
+
+
+@dataclass
+class GenomeRecord:
+    """What the loop knows of a genome, folded from its evaluations."""
+
+    n_folded: int = 0
+    vals: list = field(default_factory=list)
+    heldouts: list = field(default_factory=list)
+    flagged: str | None = None
+    failed: str | None = None
+    fitness: float = fit.WORST_FITNESS
+    penalty: float = 0.0
+    answer: float | None = None
+    candidate: bool = False
+    train_seconds: float | None = None
+    steps: int | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.vals) if self.vals else None
+
+
+def harness_seed(run_seed: int, genome_id: str, k: int) -> int:
+    """The harness seed of a genome's k-th evaluation: fresh per evaluation, fixed by the run seed."""
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{genome_id}:{k}".encode()).digest()[:4], "big") >> 1
+
+
+class Evolution:
+    """One run: owns the population and drives the slots. Build it with `create` or `resume`."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, journal: Journal, dataset_path: str, quiet: bool = False):
+        self.run_dir, self.config, self.journal, self.dataset_path = run_dir, config, journal, dataset_path
+        self.progress = Progress(quiet=quiet)
+        self.records: dict[str, GenomeRecord] = {}
+        self.last_child_failure: dict[str, tuple[str, str]] = {}
+        self.population: list = []
+        self.hall_of_fame = tools.HallOfFame(HALL_OF_FAME_SIZE, similar=lambda a, b: a.genome_id == b.genome_id)
+        self.stats = tools.Statistics(key=lambda ind: ind.fitness.values[0])
+        for name, fn in (("mean", np.mean), ("median", np.median), ("max", np.max), ("min", np.min)):
+            self.stats.register(name, fn)
+        self.logbook = tools.Logbook()
+        self.floor: float | None = None
+        self.offset = 0.0
+        self.thresholdout: fit.Thresholdout | None = None
+        self.incumbent: str | None = None
+        self.seed_ids: list[str] = journal.get_meta("seeds", [])
+        self.pending: list[tuple] = []  # child results that arrived before the noise floor was known
+        self.toolbox = self._build_toolbox()
+        self.tb: TensorBoardLog | None = None
+
+    # ------------------------------------------------------------ building blocks
+    def _build_toolbox(self) -> base.Toolbox:
+        toolbox = base.Toolbox()
+        toolbox.register("select", tools.selTournament, tournsize=self.config.tournament_size)
+        toolbox.register("mutate", KnobMutation())
+        toolbox.register("mate", KnobCrossover())
+        return toolbox
+
+    def choose_operator(self, rng: random.Random):
+        """Knob crossover with probability crossover_rate (given two distinct members), else knob mutation.
+        Returns the operator itself (toolbox entries are functools.partial wrappers)."""
+        if len(self.population) >= 2 and rng.random() < self.config.crossover_rate:
+            return self.toolbox.mate.func
+        return self.toolbox.mutate.func
+
+    def parent_info(self, genome_id: str) -> ParentInfo:
+        rec = self.records[genome_id]
+        return ParentInfo(genome=self.journal.genome(genome_id), mean_val_bpb=rec.mean, n_evals=len(rec.vals),
+                          noise_floor=self.floor, train_seconds=rec.train_seconds, steps=rec.steps,
+                          last_child_failure=self.last_child_failure.get(genome_id))
+
+    def genome_path(self, genome_id: str) -> Path:
+        path = self.run_dir / "genomes" / f"{genome_id}.py"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.journal.genome(genome_id).source)
+        return path
+
+    # ------------------------------------------------------------ folding results in
+    def fold(self, row, result: dict) -> tuple[dict, list]:
+        """Fold one finished evaluation into the state. Returns (scores to journal, follow-up actions)."""
+        gid = row["genome_id"]
+        rec = self.records.setdefault(gid, GenomeRecord())
+        rec.n_folded += 1
+        status = result.get("status")
+        if status == "ok":
+            rec.vals.append(result["val_bpb"])
+            rec.heldouts.append(result["heldout_bpb"])
+            rec.train_seconds, rec.steps = result.get("train_seconds"), result.get("steps")
+        elif status == "flagged":
+            rec.flagged = result.get("reason") or "flagged"
+        else:
+            rec.failed = result.get("reason") or "failed"
+            for parent in self.journal.genome(gid).parents:
+                self.last_child_failure[parent] = (rec.failed, result.get("stderr_tail") or result.get("detail") or "")
+        if self.floor is None:
+            actions = self._maybe_establish_floor(row)
+            if self.floor is None:
+                if row["purpose"] != "noise":
+                    self.pending.append(gid)
+                return {}, actions
+            return self._score(gid), actions
+        scores = self._score(gid)
+        return scores, self._judge(gid)
+
+    def _maybe_establish_floor(self, row) -> list:
+        """Once every noise evaluation of the seeds is folded in, fix the floor, the held-out offset
+        (the seed's own heldout - val) and Thresholdout."""
+        folded = sum(self.records[s].n_folded for s in self.seed_ids if s in self.records)
+        if folded < self.journal.count("purpose = 'noise'"):
+            return []
+        seeds_ok = [s for s in self.seed_ids if self.records.get(s) and self.records[s].vals]
+        if not seeds_ok:
+            reasons = {s: self.records[s].flagged or self.records[s].failed for s in self.seed_ids if s in self.records}
+            raise UserError(f"every evaluation of the seed genome failed ({reasons}); run `evo eval` on the seed "
+                            "to see its stderr and fix it before evolving it")
+        deviations = [v - self.records[s].mean for s in seeds_ok for v in self.records[s].vals]
+        self.floor = fit.noise_floor(deviations, self.config.min_noise_floor)
+        self.offset = statistics.fmean(h - v for s in seeds_ok
+                                       for v, h in zip(self.records[s].vals, self.records[s].heldouts))
+        self.thresholdout = fit.make_thresholdout(self.floor, self.config.threshold, self.config.holdout_noise,
+                                                  self.config.holdout_budget, self.config.seed)
+        for s in seeds_ok:
+            self._score(s)
+        self.incumbent = min(seeds_ok, key=lambda s: self.records[s].mean)
+        actions = [("noise_floor", self.floor)]
+        pending, self.pending = self.pending, []
+        for gid in dict.fromkeys(pending):
+            self._score(gid)
+            actions += self._judge(gid)
+        return actions
+
+    def _score(self, gid: str) -> dict:
+        """Fitness of a genome from the mean of its evaluations, the Thresholdout answer and the penalty."""
+        rec = self.records[gid]
+        if rec.flagged or not rec.vals:
+            rec.fitness = fit.WORST_FITNESS
+            self._remove_member(gid)
+            return {"fitness": None}
+        held = statistics.fmean(rec.heldouts) - self.offset
+        was_exhausted = self.thresholdout.exhausted
+        rec.answer, revealed = self.thresholdout.answer(rec.mean, held)
+        rec.penalty = fit.penalty(rec.answer, rec.mean, self.floor, self.config.penalty_weight)
+        rec.fitness = fit.fitness(rec.mean, rec.penalty)
+        self._place_member(gid)
+        return {"answer": rec.answer, "revealed": int(revealed), "penalty": rec.penalty, "fitness": rec.fitness,
+                "holdout_exhausted_now": self.thresholdout.exhausted and not was_exhausted}
+
+    def _place_member(self, gid: str) -> None:
+        """Insert or update a member; beyond population_size the worst member leaves (steady state)."""
+        rec = self.records[gid]
+        member = next((m for m in self.population if m.genome_id == gid), None)
+        if member is None:
+            member = creator.EvoIndividual(gid, self.journal.genome(gid).length)
+            self.population.append(member)
+        member.fitness.values = (rec.fitness, member.length)
+        if len(self.population) > self.config.population_size:
+            worst = min(self.population, key=lambda m: m.fitness)
+            if worst.genome_id != self.incumbent:
+                self.population.remove(worst)
+        self.hall_of_fame.update(self.population)
+
+    def _remove_member(self, gid: str) -> None:
+        self.population = [m for m in self.population if m.genome_id != gid]
+
+    def _judge(self, gid: str) -> list:
+        """Noise-aware improvement: beat the incumbent by more than the floor, once more with a fresh seed."""
+        rec, best = self.records[gid], self.records[self.incumbent]
+        if gid == self.incumbent or rec.flagged or not rec.vals:
+            return []
+        better = -rec.fitness < -best.fitness - self.floor
+        if len(rec.vals) == 1:
+            rec.candidate = better
+            return [("reeval", gid)] if better else []
+        if better:
+            self.incumbent = gid
+            return [("new_best", gid)]
+        if rec.candidate:
+            rec.candidate = False
+            return [("not_confirmed", gid)]
+        return []
+
+    # ------------------------------------------------------------ replay (resume)
+    def replay(self, repair: bool = True) -> None:
+        """Rebuild population, hall of fame, Thresholdout and incumbent from the journal, in completion
+        order. With `repair`, follow-ups lost in a crash (a candidate's re-evaluation) are queued."""
+        for row in self.journal.done_evaluations():
+            _, actions = self.fold(row, json.loads(row["result"]))
+            if repair:
+                self._act(actions, live=False)
+
+    # ------------------------------------------------------------ actions after a fold
+    def _act(self, actions: list, live: bool, step: int = 0) -> None:
+        for kind, value in actions:
+            if kind == "reeval":
+                self._queue_reeval(value)
+            if not live:
+                continue
+            if kind == "noise_floor":
+                self.journal.event("noise_floor", floor=value, offset=self.offset)
+                self.progress.note(f"noise floor: {value:.4f} bpb (seed mean {self.records[self.incumbent].mean:.4f})")
+            elif kind == "new_best":
+                rec = self.records[value]
+                genome = self.journal.genome(value)
+                self.journal.event("new_best", genome_id=value, val_bpb=rec.mean, n_evals=len(rec.vals))
+                parent = self.journal.genome(genome.parents[0]).source if genome.parents else None
+                self.tb.new_best(step, value, rec.mean, parent, genome.source)
+                self.progress.note(f"new best {value}: {rec.mean:.4f} bpb over {len(rec.vals)} evaluations "
+                                   f"({genome.operator}: {genome.rationale})")
+            elif kind == "not_confirmed":
+                rec = self.records[value]
+                self.journal.event("not_confirmed", genome_id=value, vals=rec.vals)
+                self.progress.note(f"{value} not confirmed: re-evaluation gave {rec.vals[-1]:.4f}, "
+                                   f"mean {rec.mean:.4f} is within the noise of the best")
+
+    def _queue_reeval(self, gid: str) -> None:
+        """Idempotent: one re-evaluation per candidate, also when replaying after a crash."""
+        if self.journal.count("genome_id = ? AND purpose = 'reeval'", (gid,)) == 0:
+            k = self.journal.count("genome_id = ?", (gid,))
+            self.journal.queue_evaluation(gid, "reeval", harness_seed(self.config.seed, gid, k))
+
+    # ------------------------------------------------------------ making children
+    def propose(self, index: int) -> Genome | None:
+        """Select parents from the population as it stands and apply one operator."""
+        rng = random.Random(f"{self.config.seed}:child:{index}")
+        operator = self.choose_operator(rng)
+        parents = self.toolbox.select(self.population, operator.arity) if self.population else []
+        if not parents:
+            parents = [creator.EvoIndividual(self.seed_ids[0], 0)] * operator.arity
+        try:
+            return operator([self.parent_info(p.genome_id) for p in parents], rng)
+        except OperatorFailure as exc:
+            self.journal.event("operator_failure", operator=operator.name, reason=str(exc)[:2000],
+                               response=str(getattr(exc, "response", "") or "")[:20000])
+            return None
+
+    def next_evaluation(self):
+        """A queued evaluation (noise, re-evaluations) first; otherwise a new child, journaled and queued."""
+        running = {row["id"] for row in self.journal.evaluations("state = 'running'")}
+        queued = [row for row in self.journal.queued() if row["id"] not in running]
+        if queued:
+            return queued[0]
+        failures = 0
+        while failures < MAX_OPERATOR_FAILURES:
+            index = self.journal.count("purpose = 'child'") + len(self.journal.events("duplicate")) \
+                + len(self.journal.events("operator_failure"))
+            child = self.propose(index)
+            if child is None:
+                failures += 1
+                continue
+            eval_id = self.journal.add_genome(child, "child", [harness_seed(self.config.seed, child.id, 0)])
+            if eval_id is None:
+                self.journal.event("duplicate", genome_id=child.id, operator=child.operator)
+                failures += 1
+                continue
+            return self.journal.evaluations("id = ?", (eval_id,))[0]
+        self.progress.note(f"{MAX_OPERATOR_FAILURES} proposals in a row failed or were duplicates; no more children")
+        return None
+
+    def slot_job(self, row, attempt: int) -> SlotJob:
+        c = self.config
+        return SlotJob(genome=str(self.genome_path(row["genome_id"])), dataset=self.dataset_path,
+                       out_dir=str(self.run_dir / "evals" / f"{row['id']:05d}-{attempt}"), budget_s=c.budget_s,
+                       seed=row["seed"], grace_s=c.grace_s or None, eval_tokens=c.eval_tokens,
+                       eval_seq_len=c.eval_seq_len, **({"sandbox": c.sandbox} if _has_field("sandbox") else {}))
+
+    # ------------------------------------------------------------ the loop
+    def run(self, pool: SlotPool) -> dict:
+        """Run until the evaluation limit, the time limit or Ctrl-C.
+
+        Pseudocode (asynchronous steady state)::
+
+            queue noise_repeats evaluations of each seed genome (fresh harness seeds)
+            while evaluations are left and time is left:
+                for each free slot:
+                    job = next queued evaluation (noise, re-evaluation) or, if none,
+                          a child: parents = selTournament(population); child = operator(parents)
+                          (a child identical to a known genome is skipped, never evaluated)
+                    journal the job as running, start it in the slot
+                wait until any slot finishes
+                fold its result in: fitness = -mean(val_bpb) - penalty(Thresholdout answer)
+                    ok      -> population (the worst member leaves), hall of fame, statistics
+                    flagged -> worst fitness, never a parent; failed -> worst fitness, reason kept
+                if a child beats the best by more than the noise floor: queue a re-evaluation
+                if a re-evaluated child still does: it is the new best
+            on Ctrl-C: kill running slots; they stay 'running' in the journal and are re-queued on resume
+        """
+        c = self.config
+        self.tb = TensorBoardLog(self.run_dir)
+        start = time.time()
+        deadline = start + c.hours * 3600 if c.hours else float("inf")
+        running: dict = {}  # future -> (row, slot name, started)
+        busy_seconds = 0.0
+        stopping_reason = None
+        try:
+            while True:
+                done_count = self.journal.count("state = 'done' AND purpose != 'export'")
+                limit_left = (c.evals - done_count - len(running)) if c.evals else 1
+                if stopping_reason is None:
+                    if c.evals and done_count >= c.evals:
+                        stopping_reason = f"{c.evals} evaluations done"
+                    elif time.time() >= deadline:
+                        stopping_reason = f"{c.hours} hours elapsed"
+                while stopping_reason is None and limit_left > 0 and pool.free():
+                    row = self.next_evaluation()
+                    if row is None:
+                        stopping_reason = "no more children can be made"
+                        break
+                    slot = pool.free()[0]
+                    attempt = self.journal.mark_running(row["id"], slot.name)
+                    future = pool.submit(slot, self.slot_job(row, attempt))
+                    running[future] = (row, slot.name, time.time())
+                    self.progress.started(slot.name, row, self.journal.genome(row["genome_id"]))
+                    limit_left -= 1
+                if not running:
+                    break
+                finished, _ = wait(list(running), timeout=5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    row, slot_name, _ = running.pop(future)
+                    pool.release(future)
+                    result = future.result()
+                    busy_seconds += result.get("slot_seconds") or 0.0
+                    self._finish(row, result, busy_seconds / (len(pool.slots) * max(time.time() - start, 1e-9)))
+        except KeyboardInterrupt:
+            stopping_reason = "interrupted (Ctrl-C): running slots killed; `evo resume` continues"
+            from gpt import runner
+
+            getattr(runner, "kill_all_slots", lambda: None)()
+            pool.shutdown()
+            self.journal.event("interrupted")
+        finally:
+            self.tb.close()
+        wall = time.time() - start
+        utilization = busy_seconds / (len(pool.slots) * wall) if wall > 0 else 0.0
+        summary = self.summary()
+        summary.update(wall_seconds=wall, slot_utilization=utilization, stopped=stopping_reason)
+        self.journal.event("session_end", **summary)
+        self.progress.note(f"stopped: {stopping_reason}")
+        return summary
+
+    def _finish(self, row, result: dict, utilization: float) -> None:
+        """Journal one finished evaluation (atomically with its scores), then act on it."""
+        row = self.journal.evaluations("id = ?", (row["id"],))[0]
+        scores, actions = self.fold(row, result)
+        seq = self.journal.finish_evaluation(row["id"], result, scores)
+        if seq is None:
+            return
+        if scores.get("holdout_exhausted_now"):
+            self.journal.event("holdout_exhausted", budget=self.config.holdout_budget)
+            self.progress.note("Thresholdout budget spent: held-out values are no longer revealed")
+        self._act(actions, live=True, step=seq)
+        rec = self.records[row["genome_id"]]
+        self.tb.evaluation(seq, result.get("val_bpb"), scores.get("answer"), scores.get("penalty"),
+                           scores.get("fitness"))
+        if result.get("status") == "flagged":
+            self.tb.text("flagged", f"{row['genome_id']} flagged: {result.get('reason')}", seq)
+        best = self.records.get(self.incumbent) if self.incumbent else None
+        self.tb.run_state(seq, best.mean if best else None, self.floor, utilization)
+        if self.population and seq % self.config.population_size == 0:
+            compiled = self.stats.compile(self.population)
+            self.logbook.record(evals=seq, **compiled)
+            self.tb.population(seq, compiled["mean"], compiled["median"])
+        self.tb.flush()
+        self.progress.finished(seq, self.config.evals, row, self.journal.genome(row["genome_id"]), result, rec,
+                               best, self.records.get(self.seed_ids[0]), self.floor)
+
+    def summary(self) -> dict:
+        seed = self.records.get(self.seed_ids[0]) if self.seed_ids else None
+        best = self.records.get(self.incumbent) if self.incumbent else None
+        return {"evaluations": self.journal.count("state = 'done' AND purpose != 'export'"),
+                "noise_floor": self.floor, "seed_mean_val_bpb": seed.mean if seed else None,
+                "best_genome": self.incumbent, "best_mean_val_bpb": best.mean if best else None,
+                "best_n_evals": len(best.vals) if best else 0,
+                "flagged": sum(1 for r in self.records.values() if r.flagged)}
+
+
+def _has_field(name: str) -> bool:
+    return name in SlotJob.__dataclass_fields__

@@ -1,0 +1,106 @@
+"""Fitness under noise: the noise floor, Thresholdout on the held-out split, and the penalty.
+
+fitness = -mean(val_bpb) - penalty
+
+The held-out split reaches fitness only through Thresholdout (Dwork et al., "The
+reusable holdout: Preserving validity in adaptive data analysis", Science 2015). Each
+query compares a genome's val mean with its calibrated held-out mean:
+
+    gap = (heldout_mean - offset) - val_mean       # offset: the seed's own heldout - val
+    if |gap| > threshold + gamma + Lap(2 * noise):  # gamma ~ Lap(noise), redrawn after each reveal
+        answer = val_mean + gap + Lap(noise)         # a reveal: spends one unit of budget
+    else:
+        answer = val_mean                            # the held-out split says nothing new
+    penalty = weight * max(0, answer - val_mean - noise_floor)
+
+Defaults derive from the measured noise floor: threshold = 2 x floor, noise = floor / 2.
+When the budget is spent, every answer is the val value (no more reveals).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+WORST_FITNESS = float("-inf")
+
+
+def noise_floor(val_bpbs: list[float], minimum: float = 0.0) -> float:
+    """The spread (sample standard deviation) of the seed's val_bpb over fresh harness seeds."""
+    if len(val_bpbs) < 2:
+        return minimum
+    return max(statistics.stdev(val_bpbs), minimum)
+
+
+def is_improvement(candidate_mean: float, incumbent_mean: float, floor: float) -> bool:
+    """Better than the incumbent by more than the noise floor (lower bpb is better)."""
+    return candidate_mean < incumbent_mean - floor
+
+
+@dataclass
+class ThresholdoutState:
+    """Everything needed to continue Thresholdout exactly after a resume."""
+
+    threshold: float
+    noise: float
+    budget: int
+    spent: int = 0
+    queries: int = 0
+    gamma: float = 0.0
+
+
+class Thresholdout:
+    """The reusable holdout. Randomness is derived from (seed, query index), so a resumed
+    run draws exactly the noise it would have drawn."""
+
+    def __init__(self, state: ThresholdoutState, seed: int = 0):
+        self.state = state
+        self.seed = seed
+        if state.queries == 0 and state.spent == 0 and state.gamma == 0.0:
+            state.gamma = self._laplace(state.noise, "gamma", 0)
+
+    def _laplace(self, scale: float, what: str, index: int) -> float:
+        if scale <= 0:
+            return 0.0
+        tag = {"gamma": 1, "eta": 2, "xi": 3}[what]
+        return float(np.random.default_rng([self.seed, tag, index]).laplace(0.0, scale))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.state.spent >= self.state.budget
+
+    def answer(self, val: float, heldout: float) -> tuple[float, bool]:
+        """The answer for one query and whether it was a reveal (which spends budget)."""
+        s = self.state
+        index = s.queries
+        s.queries += 1
+        if self.exhausted:
+            return val, False
+        eta = self._laplace(2 * s.noise, "eta", index)
+        if abs(heldout - val) > s.threshold + s.gamma + eta:
+            s.spent += 1
+            s.gamma = self._laplace(s.noise, "gamma", index + 1)
+            return heldout + self._laplace(s.noise, "xi", index), True
+        return val, False
+
+    def to_dict(self) -> dict:
+        return asdict(self.state)
+
+
+def make_thresholdout(floor: float, threshold: float, noise: float, budget: int, seed: int) -> Thresholdout:
+    """Thresholdout with config values, where 0 means 'derive from the noise floor'."""
+    return Thresholdout(ThresholdoutState(threshold=threshold or 2 * floor, noise=noise or floor / 2,
+                                          budget=budget), seed=seed)
+
+
+def penalty(answer: float, val_mean: float, floor: float, weight: float) -> float:
+    """Grows with the answered gap beyond the noise floor; zero when Thresholdout answers val."""
+    return weight * max(0.0, answer - val_mean - floor)
+
+
+def fitness(val_mean: float, pen: float) -> float:
+    if val_mean is None or not math.isfinite(val_mean):
+        return WORST_FITNESS
+    return -val_mean - pen

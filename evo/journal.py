@@ -1,0 +1,219 @@
+"""The run journal: one SQLite file (WAL mode), the single source of truth of a run.
+
+Every state change is committed before it is acted upon: a genome is written before it
+is queued, an evaluation is marked running before its slot starts, and its result, the
+Thresholdout answer and the fitness land in one transaction. A controller killed at any
+moment therefore loses no finished evaluation and never counts one twice; `evo resume`
+re-queues what was running.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from evo.genome import Genome
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS genomes (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, parents TEXT NOT NULL, operator TEXT NOT NULL,
+    rationale TEXT NOT NULL, created REAL NOT NULL, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    genome_id TEXT NOT NULL REFERENCES genomes(id),
+    purpose TEXT NOT NULL,            -- noise | child | reeval | export
+    seed INTEGER NOT NULL,
+    state TEXT NOT NULL,              -- queued | running | done
+    slot TEXT, attempt INTEGER NOT NULL DEFAULT 0,
+    queued REAL NOT NULL, started REAL, finished REAL, done_seq INTEGER UNIQUE,
+    status TEXT, reason TEXT, val_bpb REAL, heldout_bpb REAL, test_bpb REAL,
+    train_seconds REAL, slot_seconds REAL, eval_seconds REAL, sandbox TEXT,
+    answer REAL, revealed INTEGER, penalty REAL, fitness REAL,
+    result TEXT);
+CREATE INDEX IF NOT EXISTS evaluations_genome ON evaluations(genome_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS llm_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, call_id TEXT, model TEXT, purpose TEXT,
+    status TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, latency_s REAL,
+    data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS memory (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, text TEXT NOT NULL);
+"""
+
+RESULT_COLUMNS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "train_seconds", "slot_seconds",
+                  "eval_seconds", "sandbox")
+
+
+class Journal:
+    """Typed access to the run's SQLite file. One connection, used by the controller thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    # ------------------------------------------------------------ meta
+    def set_meta(self, key: str, value) -> None:
+        with self._tx():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else default
+
+    # ------------------------------------------------------------ genomes
+    def add_genome(self, genome: Genome, purpose: str | None = None, seeds=()) -> int | None:
+        """Record a genome and, in the same transaction, queue its evaluations (one per seed).
+
+        Returns the evaluation id, or None when an identical program is already known
+        (a duplicate child is recognized here and never evaluated twice)."""
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO genomes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (genome.id, genome.source, json.dumps(list(genome.parents)), genome.operator, genome.rationale,
+                 genome.created, genome.length))
+            if cur.rowcount != 1:
+                return None
+            ids = [self._queue(genome.id, purpose, seed) for seed in seeds] if purpose else []
+            return ids[0] if ids else 0
+
+    def has_genome(self, genome_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM genomes WHERE id = ?", (genome_id,)).fetchone() is not None
+
+    def genome(self, genome_id: str) -> Genome:
+        row = self.db.execute("SELECT * FROM genomes WHERE id = ?", (genome_id,)).fetchone()
+        if row is None:
+            from gpt.errors import UserError
+
+            raise UserError(f"no genome {genome_id!r} in {self.path}; `evo status RUN_DIR` lists them")
+        return Genome(source=row["source"], parents=tuple(json.loads(row["parents"])), operator=row["operator"],
+                      rationale=row["rationale"], created=row["created"])
+
+    def genome_ids(self) -> list[str]:
+        return [r["id"] for r in self.db.execute("SELECT id FROM genomes ORDER BY created, rowid")]
+
+    def find_genome(self, prefix: str) -> str:
+        ids = [i for i in self.genome_ids() if i.startswith(prefix)]
+        if len(ids) != 1:
+            from gpt.errors import UserError
+
+            raise UserError(f"genome id {prefix!r} matches {len(ids)} genomes; give more characters of the id")
+        return ids[0]
+
+    # ------------------------------------------------------------ evaluations
+    def _queue(self, genome_id: str, purpose: str, seed: int) -> int:
+        return self.db.execute(
+            "INSERT INTO evaluations (genome_id, purpose, seed, state, queued) VALUES (?, ?, ?, 'queued', ?)",
+            (genome_id, purpose, seed, time.time())).lastrowid
+
+    def queue_evaluation(self, genome_id: str, purpose: str, seed: int) -> int:
+        with self._tx():
+            return self._queue(genome_id, purpose, seed)
+
+    def mark_running(self, eval_id: int, slot: str) -> int:
+        """Mark an evaluation as started in a slot; returns its attempt number."""
+        with self._tx():
+            self.db.execute("UPDATE evaluations SET state = 'running', slot = ?, started = ?, attempt = attempt + 1 "
+                            "WHERE id = ?", (slot, time.time(), eval_id))
+        return self.db.execute("SELECT attempt FROM evaluations WHERE id = ?", (eval_id,)).fetchone()[0]
+
+    def finish_evaluation(self, eval_id: int, result: dict, scored: dict, event: tuple | None = None) -> int | None:
+        """Store a result, its Thresholdout answer and fitness atomically. Returns the completion
+        sequence number, or None if this evaluation was already finished (never counted twice)."""
+        with self._tx():
+            row = self.db.execute("SELECT state FROM evaluations WHERE id = ?", (eval_id,)).fetchone()
+            if row is None or row["state"] == "done":
+                return None
+            seq = self.db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM evaluations").fetchone()[0]
+            values = {c: result.get(c) for c in RESULT_COLUMNS}
+            self.db.execute(
+                "UPDATE evaluations SET state = 'done', finished = ?, done_seq = ?, "
+                + ", ".join(f"{c} = ?" for c in values)
+                + ", answer = ?, revealed = ?, penalty = ?, fitness = ?, result = ? WHERE id = ?",
+                (time.time(), seq, *values.values(), scored.get("answer"), scored.get("revealed"),
+                 scored.get("penalty"), scored.get("fitness"), json.dumps(result), eval_id))
+            if event:
+                self._event(*event)
+        return seq
+
+    def requeue_running(self) -> list[int]:
+        """After a crash: evaluations that were running go back to the queue."""
+        with self._tx():
+            ids = [r[0] for r in self.db.execute("SELECT id FROM evaluations WHERE state = 'running'")]
+            self.db.execute("UPDATE evaluations SET state = 'queued' WHERE state = 'running'")
+        return ids
+
+    def evaluations(self, where: str = "1", params=()) -> list[sqlite3.Row]:
+        return self.db.execute(f"SELECT * FROM evaluations WHERE {where} ORDER BY id", params).fetchall()
+
+    def done_evaluations(self, purposes=("noise", "child", "reeval")) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(purposes))
+        return self.db.execute(f"SELECT * FROM evaluations WHERE state = 'done' AND purpose IN ({marks}) "
+                               "ORDER BY done_seq", purposes).fetchall()
+
+    def queued(self) -> list[sqlite3.Row]:
+        return self.evaluations("state = 'queued' AND purpose != 'export'")
+
+    def count(self, where: str, params=()) -> int:
+        return self.db.execute(f"SELECT COUNT(*) FROM evaluations WHERE {where}", params).fetchone()[0]
+
+    # ------------------------------------------------------------ events, LLM calls, memory
+    def _event(self, kind: str, data: dict) -> None:
+        self.db.execute("INSERT INTO events (time, kind, data) VALUES (?, ?, ?)", (time.time(), kind, json.dumps(data)))
+
+    def event(self, kind: str, **data) -> None:
+        with self._tx():
+            self._event(kind, data)
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY id",
+                               (kind,) if kind else ()).fetchall()
+        return [{"time": r["time"], "kind": r["kind"], **json.loads(r["data"])} for r in rows]
+
+    def record_llm_call(self, call: dict) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO llm_calls (time, call_id, model, purpose, status, prompt_tokens, completion_tokens, "
+                "cost_usd, latency_s, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), call.get("call_id"), call.get("model"), call.get("purpose"), call.get("status"),
+                 call.get("prompt_tokens"), call.get("completion_tokens"), call.get("cost_usd"),
+                 call.get("latency_s"), json.dumps(call, default=str)))
+
+    def llm_totals(self) -> dict:
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+                              "COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+        return {"calls": row[0], "prompt_tokens": row[1], "completion_tokens": row[2], "cost_usd": row[3]}
+
+    def add_memory(self, text: str) -> None:
+        with self._tx():
+            self.db.execute("INSERT INTO memory (time, text) VALUES (?, ?)", (time.time(), text))
+
+    def latest_memory(self) -> str | None:
+        row = self.db.execute("SELECT text FROM memory ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

@@ -1,0 +1,158 @@
+"""LLM operators: mutation (one parent) and crossover (two), plus the run-memory summary.
+
+    op = LLMMutation(client, context)          # name "llm_mutation", arity 1
+    child = op([parent_info], rng)             # -> Genome, or raises OperatorFailure
+
+One call asks the model for an idea, a rationale and SEARCH/REPLACE edits; an answer without
+edit blocks is retried by the client like any fault. Edits that do not apply, a result that
+does not parse, or a result that is the same program get one repair round with the error
+shown to the model; if that fails too the operator raises `EditFailure` (an OperatorFailure
+carrying the response text). The child's `rationale` is the idea line, a newline, and the
+short rationale; `client.origin_of(child.id)` says which model and calls made it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from evo.genome import Genome, OperatorFailure, ParentInfo, genome_id
+from evo.llm.client import InvalidAnswer, LLMClient
+from evo.llm.edits import Answer, EditError, apply_edits, check_python, has_edit_blocks, parse_answer
+from evo.llm.prompts import MEMORY_CHARS, PromptBook
+
+
+@runtime_checkable
+class RunContext(Protocol):
+    """What LLM operators read about the run. History rows are dicts with the keys
+    child, operator, idea, delta_val_bpb, status (other keys are never read)."""
+
+    noise_floor: float | None
+
+    def recent_history(self, n: int) -> list[dict]: ...
+
+    def latest_memory(self) -> str | None: ...
+
+
+@dataclass
+class StaticContext:
+    """A fixed RunContext, for tests and standalone use."""
+
+    history: list[dict] = field(default_factory=list)
+    memory: str | None = None
+    noise_floor: float | None = None
+
+    def recent_history(self, n: int) -> list[dict]:
+        return list(self.history[-n:]) if n > 0 else []
+
+    def latest_memory(self) -> str | None:
+        return self.memory
+
+
+class EditFailure(OperatorFailure):
+    """The model's edits could not be used, even after the repair round."""
+
+    def __init__(self, message: str, *, response: str = "", model: str = "", call_ids: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.response, self.model, self.call_ids = response, model, call_ids
+
+
+def _need_edit_blocks(text: str) -> None:
+    if not has_edit_blocks(text):
+        raise InvalidAnswer("the answer has no '<<<<<<< SEARCH' edit block")
+
+
+class _LLMOperator:
+    name = "llm"
+    arity = 1
+
+    def __init__(self, client: LLMClient, context: RunContext, prompts: PromptBook | None = None):
+        self.client = client
+        self.context = context
+        self.prompts = prompts or PromptBook.from_config(client.config)
+
+    def _messages(self, parents: list[ParentInfo]) -> list[dict]:
+        raise NotImplementedError
+
+    def _order(self, parents: list[ParentInfo]) -> list[ParentInfo]:
+        return list(parents)
+
+    def _child_source(self, text: str, parents: list[ParentInfo]) -> tuple[Answer, str]:
+        """Parse and apply an answer to parents[0]; EditError says what is wrong."""
+        answer = parse_answer(text)
+        source = apply_edits(parents[0].genome.source, answer.edits)
+        check_python(source)
+        new_id = genome_id(source)
+        if new_id == parents[0].genome.id:
+            raise EditError("the edits leave the program unchanged (at most comments or formatting changed); "
+                            "make a change that alters what the script does")
+        if len(parents) > 1 and new_id == parents[1].genome.id:
+            raise EditError("the result is identical to script B; combine the two instead of copying B")
+        return answer, source
+
+    def __call__(self, parents: list[ParentInfo], rng: random.Random | None = None) -> Genome:
+        if len(parents) != self.arity:
+            raise OperatorFailure(f"{self.name} needs {self.arity} parent(s), got {len(parents)}")
+        parents = self._order(parents)
+        messages = self._messages(parents)
+        first = self.client.complete(messages, purpose=self.name, validate=_need_edit_blocks)
+        calls, cost, final = list(first.call_ids), first.cost_usd, first
+        try:
+            answer, source = self._child_source(first.text, parents)
+        except EditError as error:
+            repair = messages + [{"role": "assistant", "content": first.text},
+                                 {"role": "user", "content": self.prompts.repair(str(error))}]
+            final = self.client.complete(repair, purpose=f"{self.name}:repair", validate=_need_edit_blocks,
+                                         model=first.model)
+            calls += final.call_ids
+            cost += final.cost_usd
+            try:
+                answer, source = self._child_source(final.text, parents)
+            except EditError as second:
+                self.client.reward(first.model, 0.0)
+                raise EditFailure(f"edits unusable after one repair round: {second}", response=final.text,
+                                  model=first.model, call_ids=tuple(calls)) from None
+        rationale = answer.idea + (f"\n{answer.rationale}" if answer.rationale else "")
+        child = Genome(source=source, parents=tuple(p.genome.id for p in parents), operator=self.name,
+                       rationale=rationale)
+        self.client.note_origin(child.id, model=final.model, call_ids=tuple(calls), cost_usd=cost, idea=answer.idea)
+        return child
+
+
+class LLMMutation(_LLMOperator):
+    """One parent: the model proposes one change to its script."""
+
+    name = "llm_mutation"
+    arity = 1
+
+    def _messages(self, parents: list[ParentInfo]) -> list[dict]:
+        return self.prompts.mutation(parents[0], self.context.recent_history(self.client.config.history_rows),
+                                     self.context.latest_memory(), self.context.noise_floor)
+
+
+class LLMCrossover(_LLMOperator):
+    """Two parents: the model edits the better one to take what made the other good."""
+
+    name = "llm_crossover"
+    arity = 2
+
+    def _order(self, parents: list[ParentInfo]) -> list[ParentInfo]:
+        def key(p: ParentInfo):
+            return (p.mean_val_bpb is None, p.mean_val_bpb if p.mean_val_bpb is not None else 0.0)
+
+        return sorted(parents, key=key)  # stable: equal parents keep their order
+
+    def _messages(self, parents: list[ParentInfo]) -> list[dict]:
+        return self.prompts.crossover(parents[0], parents[1],
+                                      self.context.recent_history(self.client.config.history_rows),
+                                      self.context.latest_memory(), self.context.noise_floor)
+
+
+def summarize(client: LLMClient, history_rows: list[dict], previous: str | None = None,
+              prompts: PromptBook | None = None) -> str:
+    """The run-memory note ("what worked, what did not, what to try next") from history rows
+    (keys child, operator, idea, delta_val_bpb, status) and the previous note. Raises
+    LLMUnavailable / BudgetExhausted (OperatorFailure) like any call; the caller stores it."""
+    prompts = prompts or PromptBook.from_config(client.config)
+    done = client.complete(prompts.summary(list(history_rows), previous), purpose="summary")
+    return done.text.strip()[:MEMORY_CHARS]

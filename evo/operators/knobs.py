@@ -1,0 +1,279 @@
+"""Knob operators: cheap, offline edits of a genome's UPPER_CASE constants.
+
+A knob is a module-level `NAME = literal` (a number, bool, str, or tuple of those).
+An inline `# evo: choice(...)` or `# evo: range(lo, hi)` comment constrains it.
+New values replace only the value expression (via libcst), so every other byte of
+the script survives and a child's diff against its parent is exactly the knobs moved.
+"""
+from __future__ import annotations
+
+import ast
+from contextlib import contextmanager
+import math
+import random
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+import libcst as cst
+
+from evo.genome import Genome, OperatorFailure, ParentInfo
+from gpt.errors import UserError
+
+KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+ANNOTATION = re.compile(r"#\s*evo:(.*)$")
+ALLOWED_FORMS = "'# evo: choice(v1, v2, ...)' with literal values, or '# evo: range(lo, hi)' with numbers lo <= hi"
+SCALARS = ("bool", "int", "float", "str")
+LOG_SIGMA = 0.5  # positive floats move by a factor exp(N(0, 0.5)): mostly x0.6 .. x1.6
+SIG_DIGITS = 3  # mutated floats are rounded so the script stays readable
+RETRIES = 50
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A parsed `# evo:` comment. form "choice": values are the allowed values; "range": (lo, hi)."""
+    form: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable constant. `text` is its source text, kept to write new values in the same style."""
+    name: str
+    value: object
+    kind: str  # "float", "int", "bool", "str" or "tuple"
+    annotation: Annotation | None
+    line: int
+    text: str = ""
+
+
+def _kind(value) -> str | None:
+    if isinstance(value, tuple):
+        return "tuple" if all(_kind(v) in SCALARS for v in value) else None
+    return next((name for type_, name in zip((bool, int, float, str), SCALARS) if isinstance(value, type_)), None)
+
+
+def _parse(source: str) -> tuple[cst.Module, dict[int, int]]:
+    """The libcst module and the line of each top-level simple statement (by id), taken from the
+    ast of the same text: libcst's position metadata would make every operator call ~10x slower."""
+    try:
+        module, statements = cst.parse_module(source), ast.parse(source).body
+    except (cst.ParserSyntaxError, SyntaxError) as e:
+        raise OperatorFailure(f"genome does not parse, so its knobs cannot be read: {e}") from None
+    lines, index = {}, 0
+    for stmt in module.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            lines[id(stmt)] = statements[index].lineno
+        index += len(stmt.body) if isinstance(stmt, cst.SimpleStatementLine) else 1
+    return module, lines
+
+
+def _target(small) -> str | None:
+    """The knob name a small statement assigns (one UPPER_CASE name target), else None."""
+    target = (small.targets[0].target if isinstance(small, cst.Assign) and len(small.targets) == 1
+              else small.target if isinstance(small, cst.AnnAssign) and small.value is not None else None)
+    return target.value if isinstance(target, cst.Name) and KNOB_NAME.match(target.value) else None
+
+
+def _annotation(comment: str, line: int, name: str, kind: str, shared: bool) -> Annotation | None:
+    """Parse `# evo: ...` with ast (never eval); anything malformed is the user's to fix."""
+    if not (match := ANNOTATION.search(comment)):
+        return None
+    body = match.group(1).strip()
+
+    def bad(why: str) -> UserError:
+        return UserError(f"line {line} ({name}): bad knob annotation '# evo: {body}': {why}. "
+                         f"Allowed forms: {ALLOWED_FORMS}.")
+    if shared:
+        raise bad("an annotated knob must be the only statement on its line")
+    try:
+        call = ast.parse(body, mode="eval").body
+    except SyntaxError:
+        raise bad("it is not valid Python") from None
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.keywords \
+            or call.func.id not in ("choice", "range"):
+        raise bad("expected choice(...) or range(...)")
+    try:
+        values = tuple(ast.literal_eval(arg) for arg in call.args)
+    except ValueError:
+        raise bad("arguments must be literal values") from None
+    if call.func.id == "choice":
+        if not values or any(_kind(v) is None for v in values):
+            raise bad("choice needs one or more numbers, bools, strings or tuples")
+        return Annotation("choice", values)
+    if len(values) != 2 or any(_kind(v) not in ("int", "float") for v in values) or values[0] > values[1]:
+        raise bad("range needs exactly two numbers lo <= hi")
+    if kind not in ("int", "float"):
+        raise bad(f"range only applies to number knobs, this one is {kind}")
+    return Annotation("range", values)
+
+
+def _knobs(module: cst.Module, lines: dict[int, int]) -> list[Knob]:
+    knobs = []
+    for stmt in module.body:
+        if id(stmt) not in lines:
+            continue
+        line, comment = lines[id(stmt)], stmt.trailing_whitespace.comment
+        for small in stmt.body:
+            if (name := _target(small)) is None:
+                continue
+            text = module.code_for_node(small.value)
+            try:
+                value = ast.literal_eval(text.strip())
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue  # not a literal: an expression, a call, a name ...
+            if (kind := _kind(value)) is not None:
+                annotation = _annotation(comment.value if comment else "", line, name, kind, len(stmt.body) > 1)
+                knobs.append(Knob(name, value, kind, annotation, line, text))
+    return knobs
+
+
+def find_knobs(source: str) -> list[Knob]:
+    """Every top-level `UPPER_CASE = literal` in the script, in source order."""
+    return _knobs(*_parse(source))
+
+
+def _propose(knob: Knob, rng: random.Random):
+    """One random new value (it may equal the old one; the caller retries)."""
+    value, annotation = knob.value, knob.annotation
+    if annotation is not None and annotation.form == "choice":
+        others = [c for c in annotation.values if c != value]
+        return rng.choice(others) if others else value
+    if knob.kind == "bool":
+        return not value
+    lo, hi = annotation.values if annotation is not None else (-math.inf, math.inf)  # a range, if any
+    if knob.kind == "int":
+        lo, hi = (math.ceil(lo), math.floor(hi)) if annotation is not None else (lo, hi)
+        if value >= 1 and value & (value - 1) == 0:  # powers of two stay powers of two
+            options = [v for v in (value * 2, value // 2) if v >= 1 and lo <= v <= hi]
+            return rng.choice(options) if options else value
+        new = value + rng.choice((-1, 1)) * rng.randint(1, max(1, abs(value) // 4))
+        return min(max(new if value < 1 else max(new, 1), lo), hi)
+    if knob.kind == "float":
+        if value > 0:  # scale-free: learning rates and decays live on a log scale
+            new = value * math.exp(rng.gauss(0.0, LOG_SIGMA))
+        else:  # zero and negatives have no scale to multiply: step additively
+            span = hi - lo if math.isfinite(hi - lo) and hi > lo else 0.1
+            new = value + rng.gauss(0.0, abs(value) * LOG_SIGMA or 0.1 * span)
+        return float(min(max(float(f"{new:.{SIG_DIGITS}g}"), lo), hi)) if math.isfinite(new) else value
+    return value  # str and tuple knobs move only through a choice annotation
+
+
+def _scientific(x: float) -> str:
+    """`3e-3` style: shortest exact digits, no padding zeros, no '+' in the exponent."""
+    sign, digits, exponent = Decimal(repr(x)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{exponent + len(text) - 1}"
+
+
+def _literal(value, style: str) -> str:
+    """Source text for a value, in the style of the text it replaces (quote char, 3e-3 notation)."""
+    if isinstance(value, tuple):
+        inner = ", ".join(_literal(v, style) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    text = repr(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise OperatorFailure(f"knob value {value!r} cannot be written as a literal")
+        return _scientific(value) if value and ("e" in text or re.search(r"\d[eE]", style)) else text
+    if isinstance(value, str) and text[0] == "'" and '"' not in value \
+            and next((c for c in style if c in "'\""), "'") == '"':
+        text = '"' + text[1:-1] + '"'  # the replaced text used double quotes: keep them
+    return text
+
+
+def _rewrite(module: cst.Module, lines: dict[int, int], new_texts: dict[tuple[int, str], str]) -> str:
+    """Swap in new value texts for (line, name) knobs; every other byte stays as it was."""
+    body = []
+    for stmt in module.body:
+        if id(stmt) in lines:
+            keys = [(lines[id(stmt)], _target(small)) for small in stmt.body]
+            stmt = stmt.with_changes(body=[small.with_changes(value=cst.parse_expression(new_texts[key]))
+                                           if key in new_texts else small for small, key in zip(stmt.body, keys)])
+        body.append(stmt)
+    source = module.with_changes(body=body).code
+    try:
+        ast.parse(source)
+    except SyntaxError as e:
+        raise OperatorFailure(f"knob edit produced a script that does not parse: {e}") from None
+    return source
+
+
+def mutate_knobs(source: str, rng: random.Random, n: int | None = None) -> tuple[str, list[tuple]]:
+    """Change n knobs (default: 1 or 2, at random). Returns the new source and (name, old, new) changes."""
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    module, lines = _parse(source)
+    knobs = list({k.name: k for k in _knobs(module, lines)}.values())  # per name the last: it takes effect
+    wanted = rng.randint(1, 2) if n is None else n
+    texts, changes = {}, []
+    for knob in rng.sample(knobs, len(knobs)):
+        new = next((v for v in (_propose(knob, rng) for _ in range(RETRIES)) if v != knob.value), None)
+        if new is None:
+            continue  # this knob cannot move (a plain str, or pinned by its annotation)
+        text = _literal(new, knob.text)
+        if ast.literal_eval(text) != new:
+            raise OperatorFailure(f"{knob.name}: {text!r} does not read back as {new!r}")
+        texts[(knob.line, knob.name)] = text
+        changes.append((knob.name, knob.value, new))
+        if len(changes) == wanted:
+            break
+    if not changes:
+        raise OperatorFailure("genome has no mutable knobs: add UPPER_CASE = number assignments at module "
+                              "level (e.g. LEARNING_RATE = 3e-3), or '# evo: choice(...)' on str/tuple knobs")
+    return _rewrite(module, lines, texts), changes
+
+
+def crossover_knobs(source_a: str, source_b: str, rng: random.Random) -> tuple[str, list[tuple]]:
+    """Parent a's script with each knob both share taking b's value with probability 1/2 (at least one)."""
+    module, lines = _parse(source_a)
+    mine = {k.name: k for k in _knobs(module, lines)}  # per name the last assignment: it takes effect
+    theirs = {k.name: k for k in find_knobs(source_b)}
+    differing = [(a, theirs[name]) for name, a in mine.items() if name in theirs and theirs[name].value != a.value]
+    if not differing:
+        shared = "share no knobs" if not mine.keys() & theirs.keys() else "agree on every shared knob"
+        raise OperatorFailure(f"knob crossover needs parents that differ in a knob, but these {shared}")
+    taken = [pair for pair in differing if rng.random() < 0.5] or [rng.choice(differing)]
+    texts = {(a.line, a.name): b.text for a, b in taken}  # b's own text: its exact value, in its style
+    return _rewrite(module, lines, texts), [(a.name, a.value, b.value) for a, b in taken]
+
+
+def describe(changes: list[tuple]) -> str:
+    """Human summary for the journal, e.g. 'LEARNING_RATE 0.003 -> 0.0042; DEPTH 2 -> 4'."""
+    return "; ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes)
+
+
+@contextmanager
+def _as_operator_failure():
+    """Inside the loop a child's bad annotation must drop that child, not stop the run."""
+    try:
+        yield
+    except UserError as exc:
+        raise OperatorFailure(str(exc)) from exc
+
+
+class KnobMutation:
+    """Arity 1: nudge one or two knobs. Offline and instant: a cheap local search step."""
+    name, arity = "knob_mutation", 1
+
+    def __init__(self, n: int | None = None):
+        self.n = n
+
+    def __call__(self, parents: list[ParentInfo], rng: random.Random) -> Genome:
+        with _as_operator_failure():
+            source, changes = mutate_knobs(parents[0].genome.source, rng, self.n)
+        return Genome(source=source, parents=tuple(p.genome.id for p in parents),
+                      operator=self.name, rationale=describe(changes))
+
+
+class KnobCrossover:
+    """Arity 2: parent a's code with some of parent b's knob settings, so good settings spread."""
+    name, arity = "knob_crossover", 2
+
+    def __call__(self, parents: list[ParentInfo], rng: random.Random) -> Genome:
+        a, b = parents[0].genome, parents[1].genome
+        with _as_operator_failure():
+            source, changes = crossover_knobs(a.source, b.source, rng)
+        return Genome(source=source, parents=tuple(p.genome.id for p in parents),
+                      operator=self.name, rationale=f"knobs from {b.id}: {describe(changes)}")

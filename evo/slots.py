@@ -1,0 +1,87 @@
+"""Slots: where evaluations run. One slot = one device (a GPU or a share of the CPU), one genome at a time.
+
+Local slots are threads that each drive one `gpt.runner.run_slot` subprocess pipeline;
+GPU slots are pinned with CUDA_VISIBLE_DEVICES. With `dask_scheduler` set, the same
+slot jobs run on a Dask cluster through its concurrent.futures executor, so the loop
+sees the same futures either way.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from gpt.errors import UserError
+from gpt.runner import SlotJob, run_slot
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A place to run one evaluation at a time."""
+
+    name: str
+    device: str
+    threads: int = 0
+    env: dict = field(default_factory=dict)
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_slots(device: str, count: int) -> list[Slot]:
+    """One slot per visible GPU (or `count`), else `count` CPU slots (default 1) sharing the cores."""
+    gpus = visible_gpus() if device in ("auto", "cuda") or device.startswith("cuda") else 0
+    if device.startswith("cuda") and gpus == 0:
+        raise UserError(f"slots.device = {device!r} but no GPU is visible; use device = \"cpu\" or \"auto\"")
+    if gpus:
+        n = count or gpus
+        return [Slot(f"gpu{i % gpus}" + (f".{i // gpus}" if n > gpus else ""), "cuda", 0,
+                     {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n)]
+    n = count or 1
+    threads = max(1, (os.cpu_count() or 1) // n)
+    return [Slot(f"cpu{i}", "cpu", threads) for i in range(n)]
+
+
+class SlotPool:
+    """Runs slot jobs and hands back futures; knows which slots are free."""
+
+    def __init__(self, slots: list[Slot], executor: Executor | None = None):
+        self.slots = slots
+        self.executor = executor or ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="slot")
+        self.busy: dict[str, Future] = {}
+
+    @classmethod
+    def create(cls, device: str, count: int, dask_scheduler: str = "") -> "SlotPool":
+        slots = plan_slots(device, count)
+        if not dask_scheduler:
+            return cls(slots)
+        try:
+            from distributed import Client
+        except ImportError:
+            raise UserError("slots.dask_scheduler is set but dask.distributed is not installed: "
+                            "pip install 'dask[distributed]'")
+        try:
+            client = Client(dask_scheduler, timeout="20s")
+        except OSError as exc:
+            raise UserError(f"cannot reach the Dask scheduler at {dask_scheduler}: {exc}")
+        return cls(slots, client.get_executor(pure=False))
+
+    def free(self) -> list[Slot]:
+        return [s for s in self.slots if s.name not in self.busy]
+
+    def submit(self, slot: Slot, job: SlotJob) -> Future:
+        job = replace(job, device=slot.device, threads=slot.threads, env={**job.env, **slot.env})
+        future = self.executor.submit(run_slot, job)
+        self.busy[slot.name] = future
+        return future
+
+    def release(self, future: Future) -> str:
+        name = next(n for n, f in self.busy.items() if f is future)
+        del self.busy[name]
+        return name
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,477 @@
+"""Sandboxes and resource limits for genome processes.
+
+A genome is untrusted code. The slot runner starts it through one of these levels:
+
+    level    how                               what it enforces (see docs/integrity.md)
+    bwrap    bubblewrap (user/pid/net/ipc/uts  read-only system, only the work dir writable,
+             namespaces, all caps dropped)     only the train split readable of the dataset,
+                                               no network, own PID namespace, minimal /proc and /dev
+    netns    util-linux `unshare` (user, net,  no network, own PID namespace; NO file-system
+             pid, mount namespaces)            isolation: the genome can read and write what the
+                                               harness user can
+    none     a plain subprocess                nothing beyond the limits below
+
+`auto` picks the strongest level that actually works on this machine; each level is
+probed once per process (a real sandboxed `python -c pass`) and the answer is cached.
+
+Limits, every level (enforced by the harness, not by the genome's goodwill):
+- memory: RLIMIT_DATA per process (counts heap and private writable mappings, not the
+  large PROT_NONE reservations that break RLIMIT_AS under torch) plus a watchdog that sums
+  the anonymous resident memory of all the slot's processes;
+- files: RLIMIT_FSIZE per file, and a watchdog (then a final check) on the total size and
+  file count of the work directory; RLIMIT_CORE 0 (no core dumps);
+- processes: a watchdog that counts the slot's processes (polling: a fast fork bomb can
+  overshoot the cap for up to one poll interval before the whole slot is killed);
+- leftovers: at the end of a slot every process of the slot is stopped, then killed:
+  for bwrap and netns the PID namespace dies with its init; at every level the harness
+  also finds the slot's processes by an environment marker (EVO_SLOT_TOKEN) or by their
+  PID namespace in /proc, and kills those.
+
+There are no cgroups here: cgroup v2 with delegated memory/pids controllers would give hard
+kernel limits, but it is not what most machines that run evo offer (the development machine
+has cgroup v1 owned by its host), so the limits above are the portable floor.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gpt
+from gpt.errors import UserError
+
+LEVELS = ("bwrap", "netns", "none")  # strongest first
+REQUESTABLE = ("auto",) + LEVELS
+TOKEN_ENV = "EVO_SLOT_TOKEN"
+PROBE_TIMEOUT_S = 30.0
+TMPFS_MB = 512  # size cap of the sandbox's /tmp and /dev/shm (tmpfs: counts as memory)
+DEFAULT_DISK_MB = 8192
+DEFAULT_MAX_PROCS = 64
+MAX_WORK_FILES = 100_000
+WATCH_INTERVAL_S = 0.25
+DISK_EVERY_S = 2.0
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group", "nsswitch.conf",
+             "hosts", "alternatives")
+HELPER_NAMES = {"bwrap", "unshare"}  # sandbox helper processes: not counted against max_procs
+
+# A tiny launcher: die with the runner, set the rlimits, then exec the real command
+# (a launcher rather than preexec_fn, which is unsafe in the runner's threaded parent).
+_LAUNCHER = (
+    "import os,resource as r,sys\n"
+    "try:\n import ctypes;ctypes.CDLL(None).prctl(1,9)\n"  # PR_SET_PDEATHSIG=SIGKILL: die with the runner
+    "except Exception:\n pass\n"
+    "for kv in filter(None,sys.argv[1].split(',')):\n"
+    " k,v=kv.split('=');v=int(v);n=getattr(r,'RLIMIT_'+k);h=r.getrlimit(n)[1]\n"
+    " v=v if h==r.RLIM_INFINITY else min(v,h);r.setrlimit(n,(v,v))\n"
+    "os.execvp(sys.argv[2],sys.argv[2:])\n"
+)
+
+
+def default_memory_mb() -> int:
+    """The default per-slot memory cap: min(75% of RAM, RAM - 2 GiB), at least 1 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError):
+        return 8192
+    return max(1024, min(int(total * 0.75), total - 2048))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource caps of one slot; 0 means no cap."""
+
+    memory_mb: int = 0
+    disk_mb: int = DEFAULT_DISK_MB
+    max_procs: int = DEFAULT_MAX_PROCS
+    max_files: int = MAX_WORK_FILES
+
+    def rlimits(self) -> dict[str, int]:
+        out = {"CORE": 0}
+        if self.memory_mb:
+            out["DATA"] = self.memory_mb * 2**20
+        if self.disk_mb:
+            out["FSIZE"] = self.disk_mb * 2**20
+        return out
+
+    def describe(self) -> dict:
+        return {"memory_mb": self.memory_mb or None, "disk_mb": self.disk_mb or None,
+                "max_procs": self.max_procs or None, "max_files": self.max_files or None}
+
+
+def launcher(limits: Limits) -> list[str]:
+    """argv prefix that applies `limits` as rlimits, then execs the rest of the command line."""
+    spec = ",".join(f"{k}={v}" for k, v in limits.rlimits().items())
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, spec]
+
+
+# ---------------------------------------------------------------- what the genome needs to see
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What a sandboxed genome may touch, at its host paths."""
+
+    work: Path  # read-write
+    read_files: tuple[Path, ...] = ()  # read-only single files (the slot spec, the train split)
+    hide_dirs: tuple[Path, ...] = ()  # covered by an empty tmpfs first (the dataset folder)
+    gpu: bool = False
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def python_dirs() -> list[Path]:
+    """Directories the genome's Python needs read-only: prefixes, site-packages of torch/numpy, `gpt`."""
+    dirs = [Path(p) for p in {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}]
+    dirs.append(Path(os.path.realpath(sys.executable)).parent)
+    for pkg in ("torch", "numpy"):
+        d = _package_dir(pkg)
+        if d is not None:
+            dirs.append(d.parent)  # its site-packages
+    dirs.append(Path(gpt.__file__).resolve().parent)  # only the `gpt` package, not the project
+    out: list[Path] = []
+    for d in sorted({p.resolve() for p in dirs if p.exists()}, key=lambda p: len(p.parts)):
+        if str(d).startswith("/usr/") or any(d == o or o in d.parents for o in out):
+            continue
+        out.append(d)
+    return out
+
+
+def _bwrap_args(exposure: Exposure, userns: bool) -> list[str]:
+    a = ["bwrap", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+         "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if userns:
+        a += ["--unshare-user", "--disable-userns"]
+    a += ["--ro-bind", "/usr", "/usr"]
+    for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(d):
+            a += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            a += ["--ro-bind", d, d]
+    for f in ETC_FILES:
+        a += ["--ro-bind-try", f"/etc/{f}", f"/etc/{f}"]
+    a += ["--proc", "/proc", "--dev", "/dev",
+          "--size", str(TMPFS_MB * 2**20), "--tmpfs", "/dev/shm",
+          "--size", str(TMPFS_MB * 2**20), "--tmpfs", "/tmp"]
+    if exposure.gpu:  # best effort, untested: NVIDIA device nodes and the sysfs the driver reads
+        for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/*")):
+            a += ["--dev-bind", dev, dev]
+        a += ["--ro-bind-try", "/sys", "/sys"]
+    else:
+        a += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+    for d in python_dirs():
+        a += ["--ro-bind", str(d), str(d)]
+    for d in exposure.hide_dirs:
+        a += ["--size", "65536", "--tmpfs", str(d)]
+    for f in exposure.read_files:
+        a += ["--ro-bind", str(f), str(f)]
+    for d in exposure.hide_dirs:
+        a += ["--remount-ro", str(d)]
+    a += ["--bind", str(exposure.work), str(exposure.work), "--remount-ro", "/dev", "--remount-ro", "/",
+          "--chdir", str(exposure.work), "--"]
+    return a
+
+
+def _netns_args(userns: bool) -> list[str]:
+    a = ["unshare"]
+    if userns:
+        a += ["--user", "--map-root-user"]
+    a += ["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+    if shutil.which("setpriv"):  # drop every capability, so the genome cannot undo the namespaces
+        a += ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
+    elif not userns:
+        raise _Unusable("without a user namespace, netns needs setpriv (util-linux) to drop capabilities")
+    return a
+
+
+class _Unusable(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- probing
+
+
+_probe_lock = threading.Lock()
+_probed: dict[str, tuple[dict | None, str]] = {}  # level -> (variant or None, why not)
+
+
+def _probe_bwrap() -> tuple[dict | None, str]:
+    if not shutil.which("bwrap"):
+        return None, "bubblewrap is not installed"
+    errors = []
+    with tempfile.TemporaryDirectory(prefix="evo-probe-") as tmp:
+        t = Path(tmp)
+        (t / "work").mkdir()
+        (t / "data").mkdir()
+        (t / "data" / "f").write_text("x")
+        exposure = Exposure(work=t / "work", read_files=(t / "data" / "f",), hide_dirs=(t / "data",))
+        for userns in (True, False):
+            cmd = _bwrap_args(exposure, userns) + [sys.executable, "-S", "-c", "open('f','w').write('ok')"]
+            err = _run_probe(cmd, cwd=t / "work")
+            if err is None and (t / "work" / "f").exists():
+                return {"userns": userns}, ""
+            errors.append(err or "the probe could not write its work dir")
+    return None, "bubblewrap is installed but cannot create its sandbox here: " + " / ".join(errors)
+
+
+def _probe_netns() -> tuple[dict | None, str]:
+    if not shutil.which("unshare"):
+        return None, "util-linux unshare is not installed"
+    errors = []
+    for userns in (True, False):
+        if not userns and os.geteuid() != 0:
+            continue
+        try:
+            cmd = _netns_args(userns) + [sys.executable, "-S", "-c", "pass"]
+        except _Unusable as exc:
+            errors.append(str(exc))
+            continue
+        err = _run_probe(cmd, cwd=Path("/"))
+        if err is None:
+            return {"userns": userns}, ""
+        errors.append(err)
+    return None, "unshare cannot create the namespaces here: " + " / ".join(errors)
+
+
+def _run_probe(cmd: list[str], cwd: Path) -> str | None:
+    try:
+        p = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=PROBE_TIMEOUT_S, env={"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if p.returncode != 0:
+        return (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
+    return None
+
+
+def probe(level: str) -> tuple[dict | None, str]:
+    """(variant, "") if `level` works on this machine, else (None, why). Cached per process."""
+    with _probe_lock:
+        if level not in _probed:
+            if level == "bwrap":
+                _probed[level] = _probe_bwrap()
+            elif level == "netns":
+                _probed[level] = _probe_netns()
+            elif level == "none":
+                _probed[level] = ({}, "")
+            else:
+                raise UserError(f"unknown sandbox level {level!r}; choose one of {', '.join(REQUESTABLE)}")
+        return _probed[level]
+
+
+def reset_probe_cache() -> None:
+    with _probe_lock:
+        _probed.clear()
+
+
+def available_levels() -> list[str]:
+    """Levels that work on this machine, strongest first ('none' always works)."""
+    return [lv for lv in LEVELS if probe(lv)[0] is not None]
+
+
+FIXES = {
+    "bwrap": "install bubblewrap (apt-get install bubblewrap / dnf install bubblewrap); in a container, "
+             "allow user namespaces (e.g. docker run --security-opt seccomp=unconfined --security-opt "
+             "apparmor=unconfined, or sysctl kernel.unprivileged_userns_clone=1); or use sandbox='auto'",
+    "netns": "install util-linux (unshare, setpriv) and allow user namespaces (sysctl user.max_user_namespaces > 0); "
+             "or use sandbox='auto'",
+}
+
+
+def resolve_level(requested: str) -> str:
+    """The level a slot runs at: `auto` -> the strongest available; a named level must be available."""
+    if requested not in REQUESTABLE:
+        raise UserError(f"unknown sandbox level {requested!r}; choose one of {', '.join(REQUESTABLE)}")
+    if requested == "auto":
+        return available_levels()[0]
+    variant, why = probe(requested)
+    if variant is None:
+        raise UserError(f"sandbox level {requested!r} is not available on this machine ({why}); "
+                        f"fix: {FIXES.get(requested, '')}")
+    return requested
+
+
+def wrap_command(level: str, argv: list[str], exposure: Exposure, limits: Limits) -> list[str]:
+    """The full command line that runs `argv` under `level` with `limits`."""
+    variant, why = probe(level)
+    if variant is None:
+        raise UserError(f"sandbox level {level!r} is not available ({why}); fix: {FIXES.get(level, '')}")
+    if level == "bwrap":
+        inner = _bwrap_args(exposure, variant["userns"])
+    elif level == "netns":
+        inner = _netns_args(variant["userns"])
+    else:
+        inner = []
+    return launcher(limits) + inner + list(argv)
+
+
+# ---------------------------------------------------------------- finding and killing slot processes
+
+
+def _read(path: str, n: int = -1) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _pid_ns(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+_OWN_NS = _pid_ns("self")
+
+
+@dataclass
+class SlotProcesses:
+    """Finds the processes of one slot: the environment marker, or membership of a PID namespace seen with it."""
+
+    token: str
+    namespaces: set = field(default_factory=set)
+
+    def scan(self) -> dict[int, str]:
+        """pid -> comm of every live process of the slot."""
+        marker = f"{TOKEN_ENV}={self.token}".encode()
+        found = {}
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            ns = _pid_ns(entry)
+            if ns is None:  # gone, or a zombie
+                continue
+            if ns in self.namespaces or marker in _read(f"/proc/{entry}/environ").split(b"\0"):
+                if ns != _OWN_NS:
+                    self.namespaces.add(ns)
+                found[int(entry)] = _read(f"/proc/{entry}/comm").decode(errors="replace").strip()
+        return found
+
+    def usage(self, pids) -> tuple[int, int]:
+        """(number of non-helper processes, summed anonymous+shmem resident MiB)."""
+        count, kb = 0, 0
+        for pid, comm in pids.items():
+            if comm not in HELPER_NAMES:
+                count += 1
+            for line in _read(f"/proc/{pid}/status").decode(errors="replace").splitlines():
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    kb += int(line.split()[1])
+        return count, kb // 1024
+
+    def kill_all(self, timeout: float = 5.0) -> dict[int, str]:
+        """Stop every slot process (so none can fork away), then SIGKILL them; returns {pid: comm} of those found."""
+        seen: dict[int, str] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = {pid: comm for pid, comm in self.scan().items() if pid not in seen}
+            if not new:
+                break
+            for pid in new:
+                _signal(pid, signal.SIGSTOP)
+            seen.update(new)
+        for pid in seen:
+            _signal(pid, signal.SIGKILL)
+        for pid in seen:  # wait until they are gone (or zombies whose parent will reap them)
+            while time.monotonic() < deadline and _pid_ns(pid) is not None and _alive(pid):
+                time.sleep(0.01)
+        return seen
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    stat = _read(f"/proc/{pid}/stat").decode(errors="replace")
+    return bool(stat) and stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
+
+
+def dir_usage(path: Path, max_bytes: int = 0, max_files: int = 0) -> tuple[int, int]:
+    """(total apparent bytes, number of entries) under `path`; stops early past either cap."""
+    total = files = 0
+    stack = [str(path)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                files += 1
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    else:
+                        total += e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+                if (max_bytes and total > max_bytes) or (max_files and files > max_files):
+                    return total, files
+    return total, files
+
+
+def disk_verdict(work: Path, limits: Limits) -> str | None:
+    """A message if the work dir is over the disk caps, else None."""
+    cap = limits.disk_mb * 2**20
+    total, files = dir_usage(work, cap, limits.max_files)
+    if limits.disk_mb and total > cap:
+        return f"the work dir holds over {limits.disk_mb} MiB (disk_mb)"
+    if limits.max_files and files > limits.max_files:
+        return f"the work dir holds over {limits.max_files} files"
+    return None
+
+
+class Watchdog(threading.Thread):
+    """Polls a running slot; on a breach records (reason, detail) and kills the whole slot."""
+
+    def __init__(self, procs: SlotProcesses, limits: Limits, work: Path, interval: float = WATCH_INTERVAL_S):
+        super().__init__(daemon=True, name="evo-slot-watchdog")
+        self.procs, self.limits, self.work, self.interval = procs, limits, work, interval
+        self.breach: tuple[str, str] | None = None
+        self.peak_mb = 0
+        self.peak_procs = 0
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        last_disk = time.monotonic()
+        while not self._halt.wait(self.interval):
+            count, mb = self.procs.usage(self.procs.scan())
+            self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, count)
+            if self.limits.memory_mb and mb > self.limits.memory_mb:
+                self._trip("memory", f"the slot's processes held {mb} MiB, over memory_mb={self.limits.memory_mb}")
+            elif self.limits.max_procs and count > self.limits.max_procs:
+                self._trip("process_limit", f"the slot ran {count} processes, over max_procs={self.limits.max_procs}")
+            elif time.monotonic() - last_disk >= DISK_EVERY_S:
+                last_disk = time.monotonic()
+                msg = disk_verdict(self.work, self.limits)
+                if msg:
+                    self._trip("disk_limit", msg)
+            if self.breach:
+                return
+
+    def _trip(self, reason: str, detail: str) -> None:
+        self.breach = (reason, detail)
+        self.procs.kill_all()

@@ -1,0 +1,113 @@
+"""Shared fixtures: a small text dataset built in seconds, and the default stdlib dataset.
+
+Both live in session temporary folders, so the suite never reads or writes the user's
+cache (~/.cache/evo/data) and a CI machine starts from nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GENOMES = Path(__file__).resolve().parent / "genomes"
+
+# Larger eval fractions than the defaults, so that a ~400 KB corpus still gives every
+# eval split tens of kilobytes (the floor is gpt.data.MIN_EVAL_TOKENS = 4096 bytes).
+SMALL_FRACTIONS = {"val": 0.1, "heldout": 0.1, "test": 0.1}
+SMALL_CORPUS_BYTES = 400_000
+DOC_BYTES = 2000
+DUPLICATED_DOC = "doc_0000.txt"  # the fixture also writes an exact copy of it
+
+
+def corpus_documents(total_bytes: int = SMALL_CORPUS_BYTES, doc_bytes: int = DOC_BYTES) -> list[str]:
+    """Deterministic, varied, unique documents: the first lines of many stdlib modules,
+    cut on line boundaries into ~`doc_bytes` pieces (at most two pieces per module)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[str] = []
+    seen: set[str] = set()
+    size = 0
+    for path in sorted(stdlib.glob("*.py")):
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        piece: list[str] = []
+        pieces = 0
+        for line in lines:
+            piece.append(line)
+            if sum(len(x) for x in piece) >= doc_bytes:
+                text = "".join(piece)
+                piece = []
+                if text not in seen:
+                    seen.add(text)
+                    docs.append(text)
+                    size += len(text.encode("utf-8"))
+                    pieces += 1
+                if pieces == 2 or size >= total_bytes:
+                    break
+        if size >= total_bytes:
+            return docs
+    raise RuntimeError(f"the stdlib at {stdlib} gave only {size} bytes of documents")
+
+
+def write_corpus(folder: Path, docs: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(docs):
+        (folder / f"doc_{i:04d}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_docs() -> list[str]:
+    """The unique documents of the small corpus (the duplicate file is not in this list)."""
+    return corpus_documents()
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, small_docs) -> Path:
+    """A folder of ~200 .txt documents (~400 KB) plus one exact duplicate of doc_0000.txt."""
+    folder = write_corpus(tmp_path_factory.mktemp("corpus"), small_docs)
+    (folder / "copy_of_doc_0000.txt").write_bytes((folder / DUPLICATED_DOC).read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_source(small_corpus) -> str:
+    return f"text:{small_corpus}/*.txt"
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, small_source):
+    """The small corpus prepared into a session tmp root (about a second)."""
+    from gpt.data import prepare
+
+    return prepare(small_source, root=tmp_path_factory.mktemp("small-data"), fractions=SMALL_FRACTIONS)
+
+
+@pytest.fixture(scope="session")
+def stdlib_data_root(tmp_path_factory) -> Path:
+    """A session-private EVO_DATA_DIR: subprocesses get it through `data_env`."""
+    return tmp_path_factory.mktemp("evo-data")
+
+
+@pytest.fixture(scope="session")
+def stdlib_dataset(stdlib_data_root):
+    """The default dataset (stdlib source, default fractions), prepared hermetically (~2 s)."""
+    from gpt.data import prepare
+
+    return prepare(root=stdlib_data_root)
+
+
+@pytest.fixture(scope="session")
+def data_env(stdlib_data_root) -> dict:
+    """Environment for `evo` / genome subprocesses: the caller's, with EVO_DATA_DIR pointing
+    at the session dataset root so `prepare()` in the child reuses `stdlib_dataset`."""
+    env = dict(os.environ, EVO_DATA_DIR=str(stdlib_data_root), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
