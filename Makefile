@@ -18,7 +18,7 @@ $(BIN)/evo: setup.cfg pyproject.toml
 install: $(BIN)/evo
 
 demo: install
-	$(BIN)/evo eval genomes/tiny_cpu.py
+	$(BIN)/evo run
 
 test: install
 	$(BIN)/python -m pytest -q -rs

@@ -206,9 +206,13 @@ def render_toml(values: dict, llm: dict | None = None, comments: bool = True) ->
 
 
 def example_toml() -> str:
-    """The documented example: every key, its default and a one-line comment."""
-    header = ("# evo run configuration. Every key is optional; shown with its default.\n"
-              "# Precedence: defaults < preset < this file < command-line flags.\n"
+    """The documented example: every key, its default and a one-line comment. Keys are commented
+    out, so that copying the file changes nothing until a line is uncommented (a value set here
+    would override the preset)."""
+    header = ("# evo run configuration (`evo run --config run.toml`). Every key is optional; each is shown\n"
+              "# commented out, with its default. Precedence: defaults < preset < this file < flags.\n"
               "# Presets: " + "; ".join(f"{n}: {v}" for n, v in PRESETS.items()) + "\n\n")
-    return header + render_toml({k.name: k.default for k in SCHEMA}) + (
-        "\n# [llm] (optional): LLM operators through any OpenAI-compatible endpoint; see docs/llm.md.\n")
+    body = "\n".join(line if not line or line.startswith("[") else "# " + line
+                     for line in render_toml({k.name: k.default for k in SCHEMA}).splitlines())
+    return header + body + (
+        "\n\n# [llm] (optional): LLM operators through any OpenAI-compatible endpoint; see docs/llm.md.\n")
