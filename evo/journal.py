@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +52,11 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # One connection shared by the controller and proposal threads; the lock keeps each
+        # transaction (and each read) whole.
+        self.lock = threading.RLock()
+        self.db = _LockedConnection(sqlite3.connect(self.path, isolation_level=None, check_same_thread=False),
+                                    self.lock)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -61,7 +66,7 @@ class Journal:
         self.db.close()
 
     def _tx(self):
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.lock)
 
     # ------------------------------------------------------------ meta
     def set_meta(self, key: str, value) -> None:
@@ -204,16 +209,64 @@ class Journal:
         return row[0] if row else None
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+class _LockedConnection:
+    """A sqlite3 connection whose statements run under the journal's lock."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
+        self._db, self._lock = db, lock
+
+    def execute(self, sql: str, params=()):
+        with self._lock:
+            return _Rows(self._db.execute(sql, params))
+
+    def executescript(self, sql: str):
+        with self._lock:
+            return self._db.executescript(sql)
+
+    def close(self):
+        with self._lock:
+            self._db.close()
+
+    @property
+    def row_factory(self):
+        return self._db.row_factory
+
+    @row_factory.setter
+    def row_factory(self, factory):
+        self._db.row_factory = factory
+
+
+class _Rows:
+    """A cursor's results, fetched at once so no cursor outlives the lock."""
+
+    def __init__(self, cursor: sqlite3.Cursor):
+        self.rowcount, self.lastrowid = cursor.rowcount, cursor.lastrowid
+        self._rows = cursor.fetchall()
+
+    def fetchall(self):
+        return self._rows
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT under the journal's lock, rolled back on any exception."""
+
+    def __init__(self, db, lock: threading.RLock):
+        self.db, self.lock = db, lock
 
     def __enter__(self):
+        self.lock.acquire()
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
         return False

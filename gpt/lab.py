@@ -174,7 +174,29 @@ def _score_standalone(spec: SlotSpec) -> None:
         print(f"{key + ':':<14}{value:.6f}" if isinstance(value, float) else f"{key + ':':<14}{value}")
 
 
+EXPORT_MODULES = ("torch._dynamo", "torch.export", "torch._export.non_strict_utils", "torch._functorch.aot_autograd",
+                  "torch.fx.experimental.symbolic_shapes")
+
+
+def _prefetch_export_modules() -> None:
+    """Import torch.export's machinery in the background while the genome trains: the first
+    export otherwise spends over a second importing it after the budget has run out."""
+    import importlib
+    import threading
+
+    def work():
+        for name in EXPORT_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # only a prefetch: submit() imports for real
+                return
+
+    threading.Thread(target=work, name="evo-export-prefetch", daemon=True).start()
+
+
 def connect() -> Run:
     """Read the slot spec the harness gives; without one, start a local default run."""
     path = os.environ.get(SPEC_ENV)
-    return Run(SlotSpec.read(path) if path else _standalone_spec())
+    run = Run(SlotSpec.read(path) if path else _standalone_spec())
+    _prefetch_export_modules()
+    return run
