@@ -30,7 +30,7 @@ def open_run(run_dir: str | Path, resume: bool = False, overrides: dict | None =
     config = cfg.RunConfig(**{**saved, "genomes": tuple(saved["genomes"]), **(overrides or {})})
     if resume:
         journal.event("resumed", requeued=journal.requeue_running())
-    evolution = Evolution(run_dir, config, journal, journal.get_meta("dataset"), quiet=quiet)
+    evolution = Evolution(run_dir, config, journal, journal.get_meta("dataset"), quiet=quiet, operators=resume)
     evolution.replay(repair=resume)
     return evolution
 
@@ -42,18 +42,19 @@ def _overrides(args) -> dict:
 
 
 def _llm_settings(config: cfg.RunConfig, args) -> dict:
-    """The [llm] table, with --llm/--llm-base-url adding a model; validated before anything is written."""
-    llm = dict(config.llm)
-    if getattr(args, "llm", None):
-        model = {"model": args.llm, "base_url": args.llm_base_url or "https://api.openai.com/v1"}
-        if args.llm_key_env is not None:
-            model["api_key_env"] = args.llm_key_env
-        llm["models"] = list(llm.get("models", [])) + [model]
-    if llm:
-        from evo.llm.config import LLMConfig
+    """The [llm] table plus --llm flags, validated (keys present) before anything is written."""
+    if not config.llm and not getattr(args, "llm", None):
+        if getattr(args, "llm_base_url", None) or getattr(args, "llm_key_env", None):
+            raise UserError("--llm-base-url and --llm-key-env describe the model given with --llm MODEL; pass --llm too")
+        return {}
+    from evo.breeding import llm_settings_to_store
+    from evo.llm.config import LLMConfig
 
-        LLMConfig.from_dict(llm).check_keys()
-    return llm
+    base_dir = Path(args.config).resolve().parent if args.config else None
+    llm = LLMConfig.from_flags(args.llm, args.llm_base_url, args.llm_key_env,
+                               base=LLMConfig.from_dict(config.llm, base_dir=base_dir))
+    llm.check_keys()
+    return llm_settings_to_store(llm)
 
 
 def cmd_run(args) -> int:
@@ -117,10 +118,10 @@ def cmd_status(args) -> int:
 
     evo = open_run(args.run_dir)
     j = evo.journal
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"{args.run_dir}: best genomes")
     for col in ("id", "fitness", "mean val_bpb", "evals", "held-out answer", "flags", "operator", "parent"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "parent", "operator"))
     ranked = sorted(evo.records.items(), key=lambda kv: kv[1].fitness, reverse=True)
     for gid, rec in ranked[: args.top]:
         genome = j.genome(gid)

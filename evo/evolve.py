@@ -7,6 +7,7 @@ rebuilt from the journal (`replay`), which is how `evo resume` continues a run.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from deap import base, creator, tools
+from deap import base, creator, tools  # noqa: F401  (base: DEAP fitness classes)
 
 from evo import fitness as fit
 from evo.config import RunConfig
 from evo.genome import Genome, OperatorFailure, ParentInfo
 from evo.journal import Journal
-from evo.operators.knobs import KnobCrossover, KnobMutation
+from evo.breeding import Breeder
 from evo.progress import Progress
 from evo.slots import SlotPool
 from evo.tblog import TensorBoardLog
@@ -78,7 +79,8 @@ def harness_seed(run_seed: int, genome_id: str, k: int) -> int:
 class Evolution:
     """One run: owns the population and drives the slots. Build it with `create` or `resume`."""
 
-    def __init__(self, run_dir: Path, config: RunConfig, journal: Journal, dataset_path: str, quiet: bool = False):
+    def __init__(self, run_dir: Path, config: RunConfig, journal: Journal, dataset_path: str, quiet: bool = False,
+                 operators: bool = True):
         self.run_dir, self.config, self.journal, self.dataset_path = run_dir, config, journal, dataset_path
         self.progress = Progress(quiet=quiet)
         self.records: dict[str, GenomeRecord] = {}
@@ -95,24 +97,35 @@ class Evolution:
         self.incumbent: str | None = None
         self.seed_ids: list[str] = journal.get_meta("seeds", [])
         self.pending: list[tuple] = []  # child results that arrived before the noise floor was known
-        self.toolbox = self._build_toolbox()
         self.tb: TensorBoardLog | None = None
+        self._child_index: int | None = None
+        # operators=False (status, show, export): no LLM client, no API key needed
+        self.breeder = Breeder(config if operators else dataclasses.replace(config, llm={}), run_dir, journal, self,
+                               config.slots or 1, self.propose, self.progress.note)
+        self.toolbox = self.breeder.toolbox
+
+    # ------------------------------------------------------------ what LLM operators may know (RunContext)
+    @property
+    def noise_floor(self) -> float | None:
+        return self.floor
+
+    def latest_memory(self) -> str | None:
+        return self.journal.latest_memory()
+
+    def recent_history(self, n: int) -> list[dict]:
+        """The last n evaluated children: public facts only (no held-out values, no probe internals)."""
+        history = []
+        for row in self.journal.recent_children(n):
+            genome = self.journal.genome(row["genome_id"])
+            parent = self.records.get(genome.parents[0]) if genome.parents else None
+            delta = (row["val_bpb"] - parent.mean) if (row["val_bpb"] is not None and parent and parent.mean) else None
+            status = row["status"] if row["status"] != "failed" else f"failed: {row['reason']}"
+            history.append({"child": row["genome_id"], "operator": genome.operator,
+                            "idea": genome.rationale.splitlines()[0] if genome.rationale else "",
+                            "delta_val_bpb": delta, "status": status})
+        return history
 
     # ------------------------------------------------------------ building blocks
-    def _build_toolbox(self) -> base.Toolbox:
-        toolbox = base.Toolbox()
-        toolbox.register("select", tools.selTournament, tournsize=self.config.tournament_size)
-        toolbox.register("mutate", KnobMutation())
-        toolbox.register("mate", KnobCrossover())
-        return toolbox
-
-    def choose_operator(self, rng: random.Random):
-        """Knob crossover with probability crossover_rate (given two distinct members), else knob mutation.
-        Returns the operator itself (toolbox entries are functools.partial wrappers)."""
-        if len(self.population) >= 2 and rng.random() < self.config.crossover_rate:
-            return self.toolbox.mate.func
-        return self.toolbox.mutate.func
-
     def parent_info(self, genome_id: str) -> ParentInfo:
         rec = self.records[genome_id]
         return ParentInfo(genome=self.journal.genome(genome_id), mean_val_bpb=rec.mean, n_evals=len(rec.vals),
@@ -273,7 +286,7 @@ class Evolution:
     def propose(self, index: int) -> Genome | None:
         """Select parents from the population as it stands and apply one operator."""
         rng = random.Random(f"{self.config.seed}:child:{index}")
-        operator = self.choose_operator(rng)
+        operator = self.breeder.choose_operator(rng, len(self.population))
         parents = self.toolbox.select(self.population, operator.arity) if self.population else []
         if not parents:
             parents = [creator.EvoIndividual(self.seed_ids[0], 0)] * operator.arity
@@ -292,9 +305,7 @@ class Evolution:
             return queued[0]
         failures = 0
         while failures < MAX_OPERATOR_FAILURES:
-            index = self.journal.count("purpose = 'child'") + len(self.journal.events("duplicate")) \
-                + len(self.journal.events("operator_failure"))
-            child = self.propose(index)
+            child = self.breeder.next_child(self._next_child_index)
             if child is None:
                 failures += 1
                 continue
@@ -306,6 +317,14 @@ class Evolution:
             return self.journal.evaluations("id = ?", (eval_id,))[0]
         self.progress.note(f"{MAX_OPERATOR_FAILURES} proposals in a row failed or were duplicates; no more children")
         return None
+
+    def _next_child_index(self) -> int:
+        """Children are numbered by proposal; each number fixes that proposal's random stream."""
+        if self._child_index is None:
+            self._child_index = self.journal.count("purpose = 'child'") + len(self.journal.events("duplicate")) \
+                + len(self.journal.events("operator_failure"))
+        self._child_index += 1
+        return self._child_index - 1
 
     def slot_job(self, row, attempt: int) -> SlotJob:
         c = self.config
@@ -336,6 +355,7 @@ class Evolution:
             on Ctrl-C: kill running slots; they stay 'running' in the journal and are re-queued on resume
         """
         c = self.config
+        self.breeder.n_slots = len(pool.slots)
         self.tb = TensorBoardLog(self.run_dir)
         start = time.time()
         deadline = start + c.hours * 3600 if c.hours else float("inf")
@@ -379,6 +399,7 @@ class Evolution:
             pool.shutdown()
             self.journal.event("interrupted")
         finally:
+            self.breeder.close()
             self.tb.close()
         wall = time.time() - start
         utilization = busy_seconds / (len(pool.slots) * wall) if wall > 0 else 0.0
@@ -400,6 +421,12 @@ class Evolution:
             self.progress.note("Thresholdout budget spent: held-out values are no longer revealed")
         self._act(actions, live=True, step=seq)
         rec = self.records[row["genome_id"]]
+        if row["purpose"] == "child":
+            genome = self.journal.genome(row["genome_id"])
+            parent = self.records.get(genome.parents[0]) if genome.parents else None
+            self.breeder.reward(row["genome_id"], parent.mean if parent else None, result.get("val_bpb"))
+            self.breeder.maybe_summarize(seq, self.recent_history(self.breeder.llm.history_rows)
+                                         if self.breeder.llm else [])
         self.tb.evaluation(seq, result.get("val_bpb"), scores.get("answer"), scores.get("penalty"),
                            scores.get("fitness"))
         if result.get("status") == "flagged":

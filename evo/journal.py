@@ -167,6 +167,12 @@ class Journal:
         return self.db.execute(f"SELECT * FROM evaluations WHERE state = 'done' AND purpose IN ({marks}) "
                                "ORDER BY done_seq", purposes).fetchall()
 
+    def recent_children(self, n: int) -> list[sqlite3.Row]:
+        """The last n finished child evaluations, oldest first."""
+        rows = self.db.execute("SELECT * FROM evaluations WHERE purpose = 'child' AND state = 'done' "
+                               "ORDER BY done_seq DESC LIMIT ?", (n,)).fetchall()
+        return rows[::-1]
+
     def queued(self) -> list[sqlite3.Row]:
         return self.evaluations("state = 'queued' AND purpose != 'export'")
 

@@ -10,7 +10,8 @@ class Progress:
     """One line per event, readable in a terminal and in a log file."""
 
     def __init__(self, quiet: bool = False):
-        self.console = Console(file=sys.stderr, highlight=False, quiet=quiet)
+        self.console = Console(file=sys.stderr, highlight=False, quiet=quiet,
+                               width=None if sys.stderr.isatty() else 200)
 
     def note(self, text: str) -> None:
         self.console.print(f"[bold]{text}[/bold]")
