@@ -267,7 +267,11 @@ class _Transaction:
 
     def __enter__(self):
         self.lock.acquire()
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")  # may fail (database locked): then __exit__ never runs
+        except BaseException:
+            self.lock.release()
+            raise
         return self.db
 
     def __exit__(self, exc_type, exc, tb):

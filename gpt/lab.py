@@ -5,7 +5,8 @@
     run.budget_s, run.device, run.seed, run.vocab_size
     run.train_batches(batch_size, seq_len)   # endless (x, y) int64 batches of the train split
     run.time_left()              # seconds left on the harness clock (starts at connect)
-    run.submit(model)            # model(idx[B, T]) -> logits[B, T, vocab_size]
+    run.submit(model)            # model(idx[B, T]) -> logits[B, T, vocab_size]; under the harness
+                                 # this ends the process (the slot is over), so print before it
 
 The harness owns the data, the seed, the clock and the scoring. A slot spec names the
 train split only: the genome never learns where the evaluation splits live.
@@ -106,6 +107,8 @@ class Run:
     def submit(self, model: torch.nn.Module) -> Path:
         """Export the model with torch.export and hand it to the harness for scoring."""
         submitted_at = time.monotonic()
+        if getattr(self, "_prefetch", None) is not None:
+            self._prefetch.join()
         out = Path(self._spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         try:
@@ -120,7 +123,12 @@ class Run:
         }))
         if self._spec.standalone:
             _score_standalone(self._spec)
-        return out / ARTIFACT_NAME
+            return out / ARTIFACT_NAME
+        # Under the harness the slot is over: end the process now. Tearing down an interpreter
+        # that imported torch's export stack takes seconds, and they would count as slot overhead.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def export_model(model: torch.nn.Module, eval_seq_len: int, device: str):
@@ -178,9 +186,10 @@ EXPORT_MODULES = ("torch._dynamo", "torch.export", "torch._export.non_strict_uti
                   "torch.fx.experimental.symbolic_shapes")
 
 
-def _prefetch_export_modules() -> None:
+def _prefetch_export_modules() -> "threading.Thread":
     """Import torch.export's machinery in the background while the genome trains: the first
-    export otherwise spends over a second importing it after the budget has run out."""
+    export otherwise spends over a second importing it after the budget has run out.
+    `submit` joins the thread first: a process must not exit while it is mid-import."""
     import importlib
     import threading
 
@@ -191,12 +200,14 @@ def _prefetch_export_modules() -> None:
             except Exception:  # only a prefetch: submit() imports for real
                 return
 
-    threading.Thread(target=work, name="evo-export-prefetch", daemon=True).start()
+    thread = threading.Thread(target=work, name="evo-export-prefetch", daemon=True)
+    thread.start()
+    return thread
 
 
 def connect() -> Run:
     """Read the slot spec the harness gives; without one, start a local default run."""
     path = os.environ.get(SPEC_ENV)
     run = Run(SlotSpec.read(path) if path else _standalone_spec())
-    _prefetch_export_modules()
+    run._prefetch = _prefetch_export_modules()
     return run

@@ -120,17 +120,17 @@ def test_flags():
     assert cfg.models == (ModelConfig("gpt-4.1-mini", "https://api.openai.com/v1", "OPENAI_API_KEY"),)
     base = LLMConfig.from_dict({"budget_usd": 2, "models": [{"model": "x", "base_url": "http://localhost:11434/v1",
                                                              "api_key_env": ""}]})
-    cfg = LLMConfig.from_flags("qwen", base=base)
-    assert cfg.budget_usd == 2 and cfg.models[0].model == "qwen"
-    assert cfg.models[0].base_url == "http://localhost:11434/v1" and cfg.models[0].api_key_env == ""
-    cfg = LLMConfig.from_flags("m", "http://localhost:8000/v1/", "")
-    assert cfg.models[0].base_url == "http://localhost:8000/v1" and cfg.models[0].api_key_env == ""
-    cfg = LLMConfig.from_flags(base_url="http://127.0.0.1:1234/v1", base=base)
-    assert cfg.models[0].model == "x" and cfg.models[0].base_url == "http://127.0.0.1:1234/v1"
-    with pytest.raises(UserError, match="--llm-base-url"):
-        LLMConfig.from_flags(base_url="http://localhost:8000/v1")
+    cfg = LLMConfig.from_flags("qwen", "http://localhost:8000/v1/", "", base=base)
+    assert cfg.budget_usd == 2 and [m.model for m in cfg.models] == ["x", "qwen"]
+    assert cfg.models[1].base_url == "http://localhost:8000/v1" and cfg.models[1].api_key_env == ""
+    with pytest.raises(UserError, match="pass --llm too"):
+        LLMConfig.from_flags(base_url="http://localhost:8000/v1", base=base)
     with pytest.raises(UserError, match="--llm-base-url must be an http"):
         LLMConfig.from_flags("m", "localhost:8000")
+    with pytest.raises(UserError, match="--llm-key-env must be the NAME"):
+        LLMConfig.from_flags("m", api_key_env="sk-abc-def")
+    with pytest.raises(UserError, match="already has this model"):
+        LLMConfig.from_flags("x", base=base)
 
 
 def test_documented_section_is_valid(tmp_path):

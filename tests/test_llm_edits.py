@@ -66,6 +66,15 @@ def test_edits_apply_in_sequence():
     assert "LR = 2e-3" in out
 
 
+def test_exact_text_within_a_line():
+    src = "DEPTH = 2  # evo: range(1, 8)\nWIDTH = 128\n"
+    assert apply_edit(src, Edit("DEPTH = 2", "DEPTH = 3")) == "DEPTH = 3  # evo: range(1, 8)\nWIDTH = 128\n"
+    with pytest.raises(EditError, match=r"occurs 2 times in the script \(lines 1, 2\)"):
+        apply_edit("a = 12\nb = 12\n", Edit("12", "13"))
+    # a whole-line match wins over the same text inside other lines
+    assert apply_edit("x = 1\nxx = 1\n", Edit("x = 1", "x = 2")) == "x = 2\nxx = 1\n"
+
+
 def test_trailing_whitespace_tolerated():
     out = apply_edit(SCRIPT, Edit("LR = 3e-3   \nWIDTH = 128\t", "LR = 1.0"))
     assert "LR = 1.0\n\n\nclass Block" in out

@@ -18,6 +18,7 @@ not retried. With `budget_usd` reached, `complete` raises `BudgetExhausted` befo
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import math
 import os
 import random
@@ -146,6 +147,7 @@ class LLMClient:
         self._spent = 0.0
         self._stats = {m.model: _ModelStats() for m in config.models}
         self._origins: dict[str, dict] = {}
+        self._clients: dict[str, tuple] = {}  # model -> (sha256 of its key, openai.OpenAI)
         self._next = self._first_free_id()
 
     # ---------------------------------------------------------------- state
@@ -324,7 +326,7 @@ class LLMClient:
             key = self._key(model)
         except LLMUnavailable as exc:
             return _Attempt(status="no_key", error=str(exc))
-        client = openai.OpenAI(base_url=model.base_url, api_key=key, max_retries=0, timeout=model.timeout_s)
+        client = self._openai(model, key)
         try:
             raw = client.chat.completions.with_raw_response.create(
                 model=model.model, messages=messages, temperature=model.temperature, max_tokens=model.max_tokens)
@@ -348,7 +350,27 @@ class LLMClient:
             return _Attempt(status=status, http_status=code, error=_message(exc), raw=_body(exc))
         except Exception as exc:  # anything else the client raises while reading (e.g. bad JSON)
             return _Attempt(status="bad_response", error=f"{type(exc).__name__}: {str(exc)[:300]}")
-        finally:
+
+    def _openai(self, model: ModelConfig, key: str):
+        """One `openai.OpenAI` per model, rebuilt when the key in the environment changes."""
+        import openai
+
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()
+        with self._lock:
+            cached = self._clients.get(model.model)
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1]
+            client = openai.OpenAI(base_url=model.base_url, api_key=key, max_retries=0, timeout=model.timeout_s)
+            self._clients[model.model] = (fingerprint, client)
+        if cached is not None:
+            cached[1].close()
+        return client
+
+    def close(self) -> None:
+        """Close the HTTP connections (optional; at the end of a run)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for _, client in clients:
             client.close()
 
     @staticmethod

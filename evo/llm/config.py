@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -150,35 +150,28 @@ class LLMConfig:
     def from_flags(cls, model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                    base: "LLMConfig | None" = None) -> "LLMConfig":
         """Apply `--llm MODEL [--llm-base-url URL] [--llm-key-env NAME]` on top of `base` (the
-        [llm] table, or defaults): a flag model replaces the table's models. Without `model`,
-        `base_url` / `api_key_env` apply to every configured model. A flag model
-        inherits the first table model's base_url and api_key_env unless given."""
+        validated [llm] table, or defaults): the flag model is added to the table's models, with
+        base_url defaulting to OpenAI's and api_key_env to OPENAI_API_KEY."""
         base = base or cls()
-        if model is None and base_url is None and api_key_env is None:
+        if model is None:
+            if base_url is not None or api_key_env is not None:
+                raise UserError("--llm-base-url and --llm-key-env describe the model given with --llm MODEL; "
+                                "pass --llm too")
             return base
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {"model": model}
         if base_url is not None:
             fields["base_url"] = base_url
         if api_key_env is not None:
             fields["api_key_env"] = api_key_env
-        if model is not None:
-            fields["model"] = model
-            if base_url is None and base.models:
-                fields["base_url"] = base.models[0].base_url
-            if api_key_env is None and base.models:
-                fields["api_key_env"] = base.models[0].api_key_env
-            try:
-                models = (ModelConfig.from_dict(fields, "--llm"),)
-            except UserError as exc:  # name the flags, not table keys
-                text = str(exc).replace("--llm.base_url", "--llm-base-url").replace("--llm.api_key_env", "--llm-key-env")
-                raise UserError(text.replace("--llm.model", "--llm")) from None
-        else:
-            if not base.models:
-                raise UserError("--llm-base-url / --llm-key-env need a model: pass --llm MODEL or add "
-                                "[[llm.models]] to run.toml")
-            models = tuple(ModelConfig.from_dict({**dataclasses.asdict(m), **fields}, f"llm.models[{i}]")
-                           for i, m in enumerate(base.models))
-        return dataclasses.replace(base, models=models)
+        try:
+            added = ModelConfig.from_dict(fields, "--llm")
+        except UserError as exc:  # name the flags, not table keys
+            text = str(exc).replace("--llm.base_url", "--llm-base-url").replace("--llm.api_key_env", "--llm-key-env")
+            raise UserError(text.replace("--llm.model", "--llm")) from None
+        if any(m.model == model for m in base.models):
+            raise UserError(f"--llm {model}: run.toml's [[llm.models]] already has this model; drop the flag or "
+                            "the table entry")
+        return dataclasses.replace(base, models=base.models + (added,))
 
 
 def _model_from_dict(d: Any, where: str) -> ModelConfig:

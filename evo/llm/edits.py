@@ -11,9 +11,9 @@ The answer format (see evo/prompts/format.txt):
     >>>>>>> REPLACE
 
 Each edit is applied in order, to the script as the previous edits left it. Its SEARCH lines
-must match one place: first exactly, then ignoring trailing whitespace, then ignoring a
-consistent indentation difference (the replacement is re-indented to match), then also
-ignoring blank lines. No match, several matches, or a result that does not parse is an
+must match one place: first exactly (whole lines, then as text within lines), then ignoring
+trailing whitespace, then ignoring a consistent indentation difference (the replacement is
+re-indented to match), then also ignoring blank lines. No match, several matches, or a result that does not parse is an
 `EditError` whose message is written to be shown to the model in the repair round.
 """
 from __future__ import annotations
@@ -207,6 +207,14 @@ def _closest(source_lines: list[str], needle: list[str]) -> str:
     return "\n".join(region)
 
 
+def _find_all(text: str, part: str) -> list[int]:
+    out, k = [], text.find(part)
+    while k >= 0:
+        out.append(k)
+        k = text.find(part, k + 1)
+    return out
+
+
 def apply_edit(source: str, edit: Edit, index: int = 1) -> str:
     """Apply one edit (see module doc). `index` numbers it in error messages."""
     if not edit.search.strip():
@@ -218,7 +226,17 @@ def apply_edit(source: str, edit: Edit, index: int = 1) -> str:
         hay = hay[:-1]
     needle = edit.search.split("\n")
     replacement = edit.replace.split("\n") if edit.replace != "" else []
-    for mode in ("exact", "rstrip", "indent", "loose"):
+    for mode in ("exact", "substring", "rstrip", "indent", "loose"):
+        if mode == "substring":  # exact text inside lines, e.g. a line quoted without its trailing comment
+            count = source.count(edit.search)
+            if count == 1:
+                return source.replace(edit.search, edit.replace, 1)
+            if count > 1:
+                lines = sorted({source[:k].count("\n") + 1 for k in _find_all(source, edit.search)})
+                raise EditError(f"edit block {index}: the SEARCH text occurs {count} times in the script (lines "
+                                f"{', '.join(map(str, lines[:6]))}); add surrounding lines so that it matches "
+                                "exactly one place")
+            continue
         found = _matches(hay, needle, mode)
         if len(found) > 1:
             lines = ", ".join(str(f[0] + 1) for f in found[:6])

@@ -54,7 +54,10 @@ class PromptBook:
                                                for name, allowed in TEMPLATES.items()}
         built_in = load("brief")[0].strip()
         if brief is not None:
-            user = Path(brief).read_text(encoding="utf-8").strip()
+            try:
+                user = Path(brief).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise UserError(f"llm.brief: cannot read {brief} ({exc.strerror or exc})") from None
             if brief_mode == "replace":
                 built_in = user
             elif brief_mode == "extend":
