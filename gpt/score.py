@@ -29,7 +29,17 @@ DEFAULT_EVAL_TOKENS = 32768
 CAUSALITY_CUTS = 4
 CAUSALITY_TOL = 1e-3
 CAUSALITY_TOL_LOWP = 5e-2
-CANARY_MIN_GAP_BITS = 0.5  # planted canaries must beat controls by this much (and 4 s.e.) to fail
+# Planted canaries must beat the controls by CANARY_MIN_GAP_BITS bits per byte AND by
+# CANARY_SIGMAS standard errors to fail the probe. Calibrated on a 400 KB text corpus
+# (fractions 0.1, 8 dataset seeds, val/heldout/test) with models that never saw an eval
+# split (hashed 6-gram counts, unigram, 2-layer byte GPT, all fitted on train): gaps ran
+# from -0.17 to +0.28 bits, always within 2.9 standard errors. A 2-layer byte GPT trained
+# for 300 steps (~4 passes) on the val split gave gaps of +0.28 to +0.32 bits at ~8 s.e.
+# (100 steps: +0.14 to +0.17 at ~4 s.e.), and a count model of val +7.2 bits. The former
+# 0.5-bit floor let the 300-step memorizer pass; 0.2 bits catches it while the 4 s.e.
+# rule keeps honest models (at most 2.9 s.e.) passing. The floor guards against an
+# underestimated standard error when a model scores every canary almost alike.
+CANARY_MIN_GAP_BITS = 0.2
 CANARY_SIGMAS = 4.0
 STATELESS_TOL = 1e-5
 

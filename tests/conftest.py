@@ -93,10 +93,15 @@ def stdlib_data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stdlib_dataset(stdlib_data_root):
-    """The default dataset (stdlib source, default fractions), prepared hermetically (~2 s)."""
+    """The default dataset, `prepare()` with no arguments (stdlib source, default fractions),
+    made hermetic by pointing EVO_DATA_DIR at a session folder while it runs (~2 s)."""
     from gpt.data import prepare
 
-    return prepare(root=stdlib_data_root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EVO_DATA_DIR", str(stdlib_data_root))
+        dataset = prepare()
+    assert dataset.path.parent == stdlib_data_root
+    return dataset
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +116,33 @@ def data_env(stdlib_data_root) -> dict:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+# ---------------------------------------------------------------- evolution runs (test_evolution, test_resume)
+EVO_TINY = GENOMES / "evo_tiny.py"
+
+
+@pytest.fixture(scope="session")
+def evo_tiny() -> Path:
+    """A byte bigram genome with knobs: exports in well under a second, learns within a 2 s budget."""
+    return EVO_TINY
+
+
+@pytest.fixture(scope="session")
+def evo_steps() -> Path:
+    """A bigram genome that stops after a fixed number of single-thread steps: with a budget of a few
+    seconds its val_bpb depends on the harness seed only, not on how busy the machine is."""
+    return GENOMES / "evo_steps.py"
+
+
+@pytest.fixture(scope="session")
+def evo_cli(data_env, python):
+    """`evo ARGS...` as a real subprocess with the session dataset root (and wide, unwrapped rich output);
+    returns the CompletedProcess."""
+    import subprocess
+
+    def run(*args, timeout: float = 300, cwd=None, env: dict | None = None):
+        return subprocess.run([python, "-m", "evo.cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd, env={**data_env, "COLUMNS": "200", **(env or {})})
+
+    return run

@@ -1,0 +1,151 @@
+"""The slot runner with real genome subprocesses: the clock, failure reasons, cleanup, environment.
+
+The fixture genomes live in tests/genomes/ and use the genome contract (`from gpt import lab`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import GENOMES, REPO
+from gpt.runner import SlotJob, run_slot
+
+SECRET = "sk-test-secret"
+
+
+def slot(genome: str, dataset, out: Path, unchecked: bool = False, **overrides) -> dict:
+    """Run one slot of a fixture genome on the small dataset, with small budgets and one thread.
+
+    The grace is generous: a slot ends when its genome exits, and on a busy two-core machine
+    importing torch and tearing it down can take longer than the default 10 s of grace.
+
+    `unchecked`: skip the runner's static source checks where it has them. Genomes that
+    start processes or read os.environ are rejected by those checks before they run; the
+    tests that use them are about what the runner enforces at run time."""
+    kwargs = dict(genome=str(GENOMES / genome), dataset=str(dataset.path), out_dir=str(out), budget_s=5.0,
+                  grace_s=30.0, threads=1, eval_tokens=2048, eval_seq_len=64)
+    if unchecked and "static_checks" in {f.name for f in dataclasses.fields(SlotJob)}:
+        kwargs["static_checks"] = False
+    kwargs.update(overrides)
+    result = run_slot(SlotJob(**kwargs))
+    assert json.loads((out / "result.json").read_text()) == result
+    return result
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+# ---------------------------------------------------------------- the clock and cleanup
+
+
+def test_a_genome_that_ignores_the_clock_is_killed_at_budget_plus_grace_with_its_children(small_dataset, tmp_path):
+    budget, grace = 2.0, 2.0
+    start = time.monotonic()
+    result = slot("loops_forever.py", small_dataset, tmp_path, unchecked=True, budget_s=budget, grace_s=grace)
+    elapsed = time.monotonic() - start
+    assert (result["status"], result["reason"]) == ("failed", "timeout")
+    assert budget + grace - 0.1 <= result["train_seconds"] <= budget + grace + 5
+    assert elapsed < budget + grace + 15  # the whole slot, scorer start and shutdown included
+    children = json.loads((tmp_path / "work" / "children.json").read_text())  # they did start
+    marker = children["marker"]
+    deadline = time.monotonic() + 3
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == [], f"left running: {children}"
+
+
+# ---------------------------------------------------------------- failure reasons
+
+
+def test_a_genome_that_raises_fails_with_crash_and_its_traceback(small_dataset, tmp_path):
+    result = slot("raises.py", small_dataset, tmp_path)
+    assert (result["status"], result["reason"]) == ("failed", "crash")
+    assert result["returncode"] != 0
+    assert "RuntimeError: genome exploded on purpose" in result["stderr_tail"]
+
+
+def test_a_genome_that_never_submits_fails_with_no_submit(small_dataset, tmp_path):
+    result = slot("no_submit.py", small_dataset, tmp_path)
+    assert (result["status"], result["reason"]) == ("failed", "no_submit")
+    assert result["returncode"] == 0
+    assert "forgot to submit" in result["stderr_tail"]
+
+
+@pytest.mark.parametrize("genome, says", [
+    ("data_dependent_branch.py", "avoid Python control flow on tensor values"),
+    ("submits_a_dict.py", "submit() needs a torch.nn.Module, got dict"),
+])
+def test_a_model_that_cannot_be_exported_fails_with_export_error(small_dataset, tmp_path, genome, says):
+    result = slot(genome, small_dataset, tmp_path)
+    assert (result["status"], result["reason"]) == ("failed", "export_error")
+    assert says in result["detail"]
+    assert says in result["stderr_tail"]
+    assert not (tmp_path / "work" / "model.pt2").exists()
+
+
+# ---------------------------------------------------------------- environment, and a slot that succeeds
+
+
+def test_api_keys_of_the_caller_never_reach_the_genome_and_an_honest_slot_is_scored(small_dataset, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("EVO_TEST_PARENT_ONLY", "1")
+    result = slot("dump_env.py", small_dataset, tmp_path, unchecked=True, budget_s=3.0)
+    environ = json.loads((tmp_path / "work" / "environ.json").read_text())
+    assert "EVO_SLOT_SPEC" in environ and environ["HOME"]  # the dump is the genome's real environment
+    assert "OPENAI_API_KEY" not in environ and "EVO_TEST_PARENT_ONLY" not in environ
+    assert not any(SECRET in key or SECRET in value for key, value in environ.items())
+    # the same slot, scored: a bigram model trained on train is honest on every probe
+    assert (result["status"], result["reason"]) == ("ok", None), result
+    assert (result["causality"], result["canary"], result["stateless"]) == ("pass", "pass", "pass")
+    assert math.isfinite(result["val_bpb"]) and 2.0 < result["val_bpb"] < 8.5
+    assert result["steps"] is not None and result["steps"] >= 5  # parsed from its `steps:` line
+    assert result["stderr_tail"] == ""
+
+
+# ---------------------------------------------------------------- the seed genome, end to end
+
+
+@pytest.mark.slow
+def test_evo_eval_of_the_seed_genome_ends_ok(stdlib_dataset, data_env, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "evo.cli", "eval", "genomes/tiny_cpu.py", "--budget", "5",
+                           "--out", str(tmp_path / "slot")], cwd=REPO, env=data_env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert re.search(r"^status:\s+ok$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^val_bpb:\s+\d+\.\d+$", proc.stdout, re.M)
+    result = json.loads((tmp_path / "slot" / "result.json").read_text())
+    assert result["status"] == "ok" and result["val_bpb"] < 8.0
+
+
+@pytest.mark.slow
+def test_the_seed_genome_run_by_hand_prints_its_val_bpb(stdlib_dataset, data_env, tmp_path):
+    env = dict(data_env, EVO_BUDGET="3", TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "genomes/tiny_cpu.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = re.search(r"^val_bpb:\s+(\d+\.\d+)$", proc.stdout, re.M)
+    assert match, proc.stdout + proc.stderr[-3000:]
+    assert 0.5 < float(match.group(1)) < 8.0

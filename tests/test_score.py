@@ -1,0 +1,359 @@
+"""The trusted scorer on models whose answers are known: exact bits per byte and each probe.
+
+Every model here is a real torch module, exported with the genome path's own
+`gpt.lab.export_model`, saved with `torch.export.save` and scored from the saved artifact.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt import score as S
+from gpt.lab import export_model
+
+SEQ_LEN = 64
+EVAL_TOKENS = 4096
+VOCAB = 256
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def save(model: nn.Module, path) -> str:
+    torch.export.save(export_model(model, SEQ_LEN, "cpu"), str(path))
+    return str(path)
+
+
+def request(artifact: str, dataset, **extra) -> dict:
+    return {"artifact": artifact, "dataset": str(dataset.path), "seq_len": SEQ_LEN, "eval_tokens": EVAL_TOKENS,
+            "device": "cpu", "seed": 0, **extra}
+
+
+def score_model(model: nn.Module, dataset, tmp_path, **extra) -> dict:
+    return S.score(request(save(model, tmp_path / "model.pt2"), dataset, **extra))
+
+
+def reasons(result: dict) -> list[str]:
+    return (result.get("reason") or "").split(",")
+
+
+def scored_val_targets(tokens: np.ndarray) -> np.ndarray:
+    """The val tokens the scorer predicts: the targets of its first windows, computed here on their own."""
+    n_windows = min(EVAL_TOKENS // SEQ_LEN, (len(tokens) - 1) // SEQ_LEN)
+    return np.asarray(tokens[1:n_windows * SEQ_LEN + 1]).astype(np.int64)
+
+
+class ConstantLogits(nn.Module):
+    """The same logits at every position: uniform (zeros), a unigram, or anything else."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.as_tensor(logits, dtype=torch.float32))
+
+    def forward(self, idx):
+        return self.logits.expand(idx.shape[0], idx.shape[1], VOCAB)
+
+
+class OneAttention(nn.Module):
+    """Embedding, one attention layer, head: causal or not, by a flag."""
+
+    def __init__(self, causal: bool, width: int = 32, heads: int = 2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.causal, self.heads = causal, heads
+        self.embed = nn.Embedding(VOCAB, width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.head = nn.Linear(width, VOCAB)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.head(x + y.transpose(1, 2).reshape(B, T, C))
+
+
+class SequenceMean(nn.Module):
+    """Adds the mean of the whole sequence to every position: sees the future."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, width)
+        self.head = nn.Linear(width, VOCAB)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        return self.head(x + x.mean(dim=1, keepdim=True))
+
+
+class CountsCalls(nn.Module):
+    """Keeps state across calls: a buffer incremented in forward shifts its logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, VOCAB)
+        self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("skew", torch.linspace(0.0, 1.0, VOCAB))  # so the shift survives log_softmax
+
+    def forward(self, idx):
+        self.count.add_(1)
+        return self.embed(idx) + self.count * self.skew
+
+
+class HashedNgram(nn.Module):
+    """A lookup model: log-counts of the next byte after the hashed previous ORDER bytes.
+
+    Fitted by counting (`fit`); causal and pure. Fitted on an eval split, it memorizes
+    that split, canaries included: the kind of model the canary probe must catch."""
+
+    ORDER, BUCKETS, MULT = 6, 1 << 16, 263
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.register_buffer("table", table)
+
+    @classmethod
+    def context_hashes(cls, tokens: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([np.zeros(cls.ORDER - 1, np.int64), tokens.astype(np.int64)])
+        h = np.zeros(len(tokens), np.int64)
+        for j in range(cls.ORDER):
+            h = (h * cls.MULT + padded[j:j + len(tokens)]) % cls.BUCKETS
+        return h
+
+    @classmethod
+    def fit(cls, tokens, alpha: float = 0.01) -> "HashedNgram":
+        tokens = np.asarray(tokens)
+        counts = np.zeros((cls.BUCKETS, VOCAB), np.float32)
+        np.add.at(counts, (cls.context_hashes(tokens[:-1]), tokens[1:].astype(np.int64)), 1.0)
+        return cls(torch.from_numpy(np.log(counts + alpha)).half())
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        padded = F.pad(idx, (self.ORDER - 1, 0))
+        h = torch.zeros_like(idx)
+        for j in range(self.ORDER):
+            h = (h * self.MULT + padded[:, j:j + T]) % self.BUCKETS
+        return self.table[h].float()
+
+
+class Block(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width, bias=False)
+        self.up = nn.Linear(width, 4 * width, bias=False)
+        self.down = nn.Linear(4 * width, width, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(F.rms_norm(x, (C,))).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.down(F.relu(self.up(F.rms_norm(x, (C,)))).square())
+
+
+class TinyGPT(nn.Module):
+    """A 2-layer byte GPT (learned positions), the calibration model of the canary thresholds."""
+
+    def __init__(self, width=96, depth=2, heads=4, max_len=256):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        self.pos = nn.Embedding(max_len, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.head = nn.Linear(width, VOCAB, bias=False)
+
+    def forward(self, idx):
+        x = self.embed(idx) + self.pos.weight[: idx.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(F.rms_norm(x, (x.size(-1),)))
+
+
+def train_tiny_gpt(tokens, steps: int, seed: int = 0) -> TinyGPT:
+    """Fixed steps (not seconds) so the result does not depend on how busy the machine is."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        data = np.asarray(tokens).astype(np.int64)
+        model = TinyGPT()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            starts = rng.integers(0, len(data) - SEQ_LEN - 1, 16)
+            chunk = torch.from_numpy(data[starts[:, None] + np.arange(SEQ_LEN + 1)])
+            loss = F.cross_entropy(model(chunk[:, :-1]).flatten(0, 1), chunk[:, 1:].flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- bits per byte
+
+
+def test_uniform_logits_score_exactly_8_bits_per_byte_in_the_scorer_process(small_dataset, tmp_path):
+    artifact = save(ConstantLogits(torch.zeros(VOCAB)), tmp_path / "uniform.pt2")
+    proc = subprocess.run([sys.executable, "-m", "gpt.score"], input=json.dumps(request(artifact, small_dataset, test=True)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    for split in ("val", "heldout", "test"):
+        assert result[f"{split}_bpb"] == pytest.approx(8.0, abs=1e-6)
+    assert (result["status"], result["reason"]) == ("ok", None)
+    assert (result["causality"], result["canary"], result["stateless"]) == ("pass", "pass", "pass")
+    assert result["probes"]["canary"]["control_bits"] == pytest.approx(8.0, abs=1e-6)
+
+
+def test_test_split_is_scored_only_when_asked(small_dataset, tmp_path):
+    result = score_model(ConstantLogits(torch.zeros(VOCAB)), small_dataset, tmp_path)
+    assert "test_bpb" not in result and result["val_bpb"] == pytest.approx(8.0, abs=1e-6)
+
+
+def test_unigram_model_scores_the_empirical_entropy_of_the_scored_val_bytes(small_dataset, tmp_path):
+    targets = scored_val_targets(small_dataset.tokens("val"))
+    counts = np.bincount(targets, minlength=VOCAB).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * np.log2(p)).sum())
+    # log of the empirical frequencies; bytes never seen get a logit whose probability underflows to 0
+    logits = np.where(counts > 0, np.log(np.maximum(counts, 1) / counts.sum()), -1e4)
+    result = score_model(ConstantLogits(logits), small_dataset, tmp_path)
+    assert 3.0 < entropy < 7.0  # real text, not a degenerate split
+    assert result["val_bpb"] == pytest.approx(entropy, rel=1e-6)
+
+
+# ---------------------------------------------------------------- causality
+
+
+def test_causality_probe_passes_an_honest_causal_attention_model(small_dataset, tmp_path):
+    result = score_model(OneAttention(causal=True), small_dataset, tmp_path)
+    assert (result["status"], result["causality"]) == ("ok", "pass")
+    assert result["probes"]["causality"]["max_prefix_change"] <= S.CAUSALITY_TOL
+
+
+def test_causality_probe_fails_attention_that_is_not_causal(small_dataset, tmp_path):
+    result = score_model(OneAttention(causal=False), small_dataset, tmp_path)
+    assert result["status"] == "flagged" and "causality" in reasons(result)
+    assert result["causality"] == "fail"
+    assert result["probes"]["causality"]["max_prefix_change"] > 10 * S.CAUSALITY_TOL
+
+
+def test_causality_probe_fails_features_averaged_over_the_whole_sequence(small_dataset, tmp_path):
+    result = score_model(SequenceMean(), small_dataset, tmp_path)
+    assert result["status"] == "flagged" and "causality" in reasons(result)
+    assert result["probes"]["causality"]["max_prefix_change"] > 10 * S.CAUSALITY_TOL
+
+
+# ---------------------------------------------------------------- canaries
+
+
+def canary_summary(result: dict) -> dict:
+    c = result["probes"]["canary"]
+    return {"control": round(c["control_bits"], 3),
+            **{s: (round(c[s]["planted_bits"], 3), round(c[s]["gap_bits"], 3), round(c[s]["stderr"], 3))
+               for s in ("val", "heldout")}}
+
+
+def test_canary_probe_fails_a_model_that_memorized_val(small_dataset, tmp_path):
+    memorizer = score_model(HashedNgram.fit(small_dataset.tokens("val")), small_dataset, tmp_path)
+    print("memorizer canaries (control; planted, gap, s.e.):", canary_summary(memorizer))
+    assert memorizer["status"] == "flagged" and reasons(memorizer) == ["canary"]
+    probe = memorizer["probes"]["canary"]
+    assert probe["val"]["pass"] is False and probe["val"]["gap_bits"] > 5.0
+    assert probe["heldout"]["pass"] is True  # it never saw heldout: its canaries look like the controls
+    assert memorizer["val_bpb"] < memorizer["heldout_bpb"] - 1.0  # what makes the probe necessary
+
+
+def test_canary_probe_passes_the_same_model_fitted_on_train_only(small_dataset, tmp_path):
+    honest = score_model(HashedNgram.fit(small_dataset.tokens("train")), small_dataset, tmp_path)
+    print("honest canaries (control; planted, gap, s.e.):", canary_summary(honest))
+    assert (honest["status"], honest["canary"]) == ("ok", "pass")
+    assert honest["probes"]["canary"]["val"]["pass"] and honest["probes"]["canary"]["heldout"]["pass"]
+
+
+@pytest.mark.slow
+def test_canary_probe_fails_a_small_transformer_trained_300_steps_on_val(small_dataset, tmp_path):
+    # 300 steps of 16 x 64 bytes: about 4 passes over the val split (~40 KB, canaries included).
+    # Its gap is ~0.3 bits at ~8 s.e.: the realistic case CANARY_MIN_GAP_BITS is tuned to catch.
+    cheat = score_model(train_tiny_gpt(small_dataset.tokens("val"), steps=300), small_dataset, tmp_path)
+    print("val-trained GPT canaries (control; planted, gap, s.e.):", canary_summary(cheat))
+    assert cheat["canary"] == "fail" and cheat["probes"]["canary"]["val"]["pass"] is False
+    assert cheat["probes"]["canary"]["heldout"]["pass"] is True
+
+
+# ---------------------------------------------------------------- statelessness and bad outputs
+
+
+def test_statelessness_fails_a_model_that_changes_a_buffer_in_forward(small_dataset, tmp_path):
+    result = score_model(CountsCalls(), small_dataset, tmp_path)
+    assert result["status"] == "flagged" and "stateless" in reasons(result)
+    probe = result["probes"]["stateless"]
+    assert any("count" in m for m in probe["graph_mutations"]), probe
+    assert probe["repeat_drift"] > S.STATELESS_TOL
+
+
+def test_statelessness_passes_a_pure_model(small_dataset, tmp_path):
+    result = score_model(SequenceMean(), small_dataset, tmp_path)  # not causal, but pure
+    probe = result["probes"]["stateless"]
+    assert result["stateless"] == "pass" and probe["graph_mutations"] == [] and probe["repeat_drift"] == 0.0
+
+
+class WrongVocab(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, VOCAB - 1)
+
+    def forward(self, idx):
+        return self.embed(idx)
+
+
+class LastPositionOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, VOCAB)
+
+    def forward(self, idx):
+        return self.embed(idx)[:, -1]
+
+
+class DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, VOCAB)
+
+    def forward(self, idx):
+        return {"logits": self.embed(idx)}
+
+
+@pytest.mark.parametrize("model_cls", [WrongVocab, LastPositionOnly, DictOutput])
+def test_model_returning_anything_but_logits_of_shape_b_t_vocab_fails_with_bad_output(small_dataset, tmp_path, model_cls):
+    result = score_model(model_cls(), small_dataset, tmp_path)
+    assert (result["status"], result["reason"]) == ("failed", "bad_output")
+    assert "expected logits of shape" in result["detail"]
+
+
+def test_non_finite_logits_fail_with_reason_nan(small_dataset, tmp_path):
+    result = score_model(ConstantLogits(torch.full((VOCAB,), float("nan"))), small_dataset, tmp_path)
+    assert (result["status"], result["reason"]) == ("failed", "nan")
+    assert math.isnan(result["val_bpb"])
+
+
+def test_an_artifact_that_is_not_an_exported_program_fails_with_export_error(small_dataset, tmp_path):
+    junk = tmp_path / "model.pt2"
+    junk.write_bytes(b"not a torch.export archive")
+    result = S.score(request(str(junk), small_dataset))
+    assert (result["status"], result["reason"]) == ("failed", "export_error")
+    assert "cannot load artifact" in result["detail"]
