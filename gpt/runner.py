@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -31,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gpt
-from gpt import sandbox
+from gpt import sandbox as sandboxing
 from gpt.lab import ARTIFACT_NAME, EXPORT_ERROR_NAME, SPEC_ENV, TIMINGS_NAME, SlotSpec
 from gpt.static_checks import check_source, format_findings
 
 DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
 STDERR_TAIL_CHARS = 3000
 SCORE_TIMEOUT_S = 600.0
+STOP_WAIT_S = 3.0  # how long the sandbox gets to clean up after SIGTERM before everything is killed
 
 
 def default_grace(budget_s: float) -> float:
@@ -63,14 +65,14 @@ class SlotJob:
     output_cap: int = DEFAULT_OUTPUT_CAP
     env: dict = field(default_factory=dict)  # extra variables, e.g. CUDA_VISIBLE_DEVICES
     sandbox: str = "auto"  # auto | bwrap | netns | none (see gpt.sandbox)
-    memory_mb: int | None = None  # per-slot memory cap; None: sandbox.default_memory_mb(); 0: no cap
-    disk_mb: int = sandbox.DEFAULT_DISK_MB  # cap on each file and on the work dir's total size; 0: no cap
-    max_procs: int = sandbox.DEFAULT_MAX_PROCS  # cap on the slot's live processes (polled); 0: no cap
+    memory_mb: int | None = None  # per-slot memory cap; None: sandboxing.default_memory_mb(); 0: no cap
+    disk_mb: int = sandboxing.DEFAULT_DISK_MB  # cap on each file and on the work dir's total size; 0: no cap
+    max_procs: int = sandboxing.DEFAULT_MAX_PROCS  # cap on the slot's live processes (polled); 0: no cap
     static_checks: bool = True  # False only for tests and red-team runs that must reach the sandbox
 
-    def limits(self) -> sandbox.Limits:
-        memory = sandbox.default_memory_mb() if self.memory_mb is None else self.memory_mb
-        return sandbox.Limits(memory_mb=memory, disk_mb=self.disk_mb, max_procs=self.max_procs)
+    def limits(self) -> sandboxing.Limits:
+        memory = sandboxing.default_memory_mb() if self.memory_mb is None else self.memory_mb
+        return sandboxing.Limits(memory_mb=memory, disk_mb=self.disk_mb, max_procs=self.max_procs)
 
 
 def genome_env(spec_path: Path, work: Path, threads: int, extra: dict, token: str | None = None) -> dict:
@@ -88,12 +90,12 @@ def genome_env(spec_path: Path, work: Path, threads: int, extra: dict, token: st
         SPEC_ENV: str(spec_path),
     }
     if token:
-        env[sandbox.TOKEN_ENV] = token
+        env[sandboxing.TOKEN_ENV] = token
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     env.update({k: str(v) for k, v in extra.items()})
     if token:
-        env[sandbox.TOKEN_ENV] = token  # extra cannot override the marker
+        env[sandboxing.TOKEN_ENV] = token  # extra cannot override the marker
     return env
 
 
@@ -136,7 +138,7 @@ def _start_scorer(threads: int) -> subprocess.Popen:
 
 def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     """Run the genome's training process in its sandbox under the hard wall clock; return what the runner saw."""
-    level = level or sandbox.resolve_level(job.sandbox)
+    level = level or sandboxing.resolve_level(job.sandbox)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(job.genome, work / "genome.py")
@@ -151,14 +153,14 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     limits = job.limits()
     token = uuid.uuid4().hex
     # the genome sees its work dir, the spec and the train split; the rest of the dataset folder is hidden
-    exposure = sandbox.Exposure(work=work, read_files=(spec_path, dataset.train_path), hide_dirs=(dataset.path,),
+    exposure = sandboxing.Exposure(work=work, read_files=(spec_path, dataset.train_path), hide_dirs=(dataset.path,),
                                 gpu=job.device.startswith("cuda"))
-    cmd = sandbox.wrap_command(level, [sys.executable, "genome.py"], exposure, limits)
-    procs = sandbox.SlotProcesses(token)
-    watchdog = sandbox.Watchdog(procs, limits, work)
+    cmd = sandboxing.wrap_command(level, [sys.executable, "genome.py"], exposure, limits)
+    procs = sandboxing.SlotProcesses(token)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=genome_env(spec_path, work, job.threads, job.env, token), start_new_session=True)
+    watchdog = sandboxing.Watchdog(procs, limits, work, on_breach=lambda: _stop_slot(proc, procs))
     watchdog.start()
     pumps = [threading.Thread(target=_pump, args=(s, out / name, job.output_cap), daemon=True)
              for s, name in ((proc.stdout, "stdout.txt"), (proc.stderr, "stderr.txt"))]
@@ -170,26 +172,44 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        exited = proc.poll() is not None
         watchdog.stop()
-        killed = procs.kill_all()  # everything of the slot: daemons, setsid'd children, the sandbox itself
-        _kill_group(proc.pid)
-        proc.wait()
+        _stop_slot(proc, procs)
     train_seconds = time.monotonic() - start
     for p in pumps:
         p.join(timeout=5)
     breach = watchdog.breach
     if breach is None:
-        msg = sandbox.disk_verdict(work, limits)
+        msg = sandboxing.disk_verdict(work, limits)
         if msg:
             breach = ("disk_limit", msg)
-    leftovers = None
-    if exited and watchdog.breach is None:  # what the genome left running after its main process ended
-        leftovers = sum(1 for pid, comm in killed.items() if pid != proc.pid and comm not in sandbox.HELPER_NAMES)
+    # what the genome left running after its main process ended by itself (the supervisor reports it)
+    leftovers = _leftovers(out / "stderr.txt") if not timed_out and watchdog.breach is None else None
     return {"timed_out": timed_out and watchdog.breach is None, "returncode": proc.returncode,
             "train_seconds": train_seconds, "grace_s": grace, "work": work, "sandbox": level, "breach": breach,
             "limits": limits.describe(), "leftover_processes": leftovers, "peak_memory_mb": watchdog.peak_mb,
             "peak_procs": watchdog.peak_procs}
+
+
+def _stop_slot(proc: subprocess.Popen, procs: sandboxing.SlotProcesses) -> None:
+    """End every process of the slot: ask the sandbox to clean up, then kill whatever carries the slot's marker."""
+    if proc.poll() is None:
+        try:  # the supervisor kills the genome and its leftovers; bwrap takes its namespace down with it
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    procs.kill_all()  # the backstop: every process still carrying EVO_SLOT_TOKEN or living in the slot's namespace
+    _kill_group(proc.pid)
+    proc.wait()
+
+
+def _leftovers(stderr_path: Path) -> int:
+    """How many processes the supervisor killed after the genome's main process ended (0 if none)."""
+    found = re.findall(r"\[evo-supervisor\] killed (\d+) process", _tail(stderr_path, 500))
+    return int(found[-1]) if found else 0
 
 
 _MEMORY_ERRORS = re.compile(r"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|"
@@ -207,7 +227,26 @@ def _crash_reason(returncode: int, stderr_tail: str) -> tuple[str, str]:
     return "crash", f"exit code {returncode}"
 
 
-def _base_result(job: SlotJob, level: str, findings: list) -> dict:
+HARNESS_READ = (ARTIFACT_NAME, EXPORT_ERROR_NAME, TIMINGS_NAME)  # files of the work dir the harness reads
+
+
+def _planted_links(work: Path) -> list[str]:
+    """Files the harness reads from the work dir that are not plain files the genome wrote: a symlink
+    (to another genome's artifact, to the manifest, ...), a hard link, a FIFO. Checked after every
+    process of the slot is dead, so nothing can swap them afterwards."""
+    bad = []
+    for name in HARNESS_READ:
+        try:
+            st = os.lstat(work / name)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            bad.append(name)
+    return bad
+
+
+def _integrity_fields(level: str, findings: list) -> dict:
+    """Journal-facing fields: the sandbox level the genome ran under and every static finding."""
     return {"sandbox": level, "static_findings": [f.to_dict() for f in findings]}
 
 
@@ -216,7 +255,7 @@ def run_slot(job: SlotJob) -> dict:
     slot_start = time.monotonic()
     out = Path(job.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    level = sandbox.resolve_level(job.sandbox)  # UserError when a named level is not available here
+    level = sandboxing.resolve_level(job.sandbox)  # UserError when a named level is not available here
     findings = check_source(Path(job.genome).read_text(errors="replace")) if job.static_checks else []
     rejects = [f for f in findings if f.severity == "reject"]
     if rejects:  # no slot is spent: no scorer, no genome process
@@ -225,7 +264,8 @@ def run_slot(job: SlotJob) -> dict:
                   "budget_s": job.budget_s, "seed": job.seed, "device": job.device, "returncode": None,
                   "train_seconds": 0.0, "slot_seconds": time.monotonic() - slot_start, "export_seconds": None,
                   "startup_seconds": None, "stderr_tail": "", "steps": None,
-                  **_base_result(job, level, findings), "limits": job.limits().describe(), "leftover_processes": None}
+                  **_integrity_fields(level, findings), "limits": job.limits().describe(),
+                  "leftover_processes": None, "peak_memory_mb": None}
         (out / "result.json").write_text(json.dumps(result, indent=1))
         return result
     scorer = _start_scorer(job.threads)
@@ -235,7 +275,12 @@ def run_slot(job: SlotJob) -> dict:
         work = ran["work"]
         result = {"status": "failed", "reason": None, "detail": None}
         artifact = work / ARTIFACT_NAME
-        if ran["breach"]:
+        planted = _planted_links(work)
+        if planted:
+            result.update(status="flagged", reason="artifact_link",
+                          detail=f"{', '.join(planted)} in the work dir is a link or not a regular file: the harness "
+                                 "reads only files the genome wrote itself")
+        elif ran["breach"]:
             reason, detail = ran["breach"]
             result.update(reason=reason, detail=detail)
         elif ran["timed_out"]:
@@ -269,11 +314,12 @@ def run_slot(job: SlotJob) -> dict:
         _kill_group(scorer.pid)  # an unused scorer is not waited for: it holds no state
         scorer.wait()
     lab_timings = {}
-    if (work / TIMINGS_NAME).exists():
+    if result.get("reason") != "artifact_link" and (work / TIMINGS_NAME).exists():
         try:
-            lab_timings = json.loads((work / TIMINGS_NAME).read_text())
-        except ValueError:
-            pass
+            lab_timings = json.loads((work / TIMINGS_NAME).read_text()[:10000])
+            lab_timings = {k: float(lab_timings[k]) for k in ("train_s", "export_s")}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            lab_timings = {}
     result.update(
         budget_s=job.budget_s, seed=job.seed, device=job.device, returncode=ran["returncode"],
         train_seconds=ran["train_seconds"], slot_seconds=time.monotonic() - slot_start,
@@ -281,7 +327,7 @@ def run_slot(job: SlotJob) -> dict:
         startup_seconds=(ran["train_seconds"] - lab_timings["train_s"] - lab_timings["export_s"]) if lab_timings else None,
         stderr_tail=_tail(out / "stderr.txt") if result["status"] == "failed" else "",
         steps=_parse_steps(out / "stdout.txt"),
-        **_base_result(job, level, findings), limits=ran["limits"], leftover_processes=ran["leftover_processes"],
+        **_integrity_fields(level, findings), limits=ran["limits"], leftover_processes=ran["leftover_processes"],
         peak_memory_mb=ran["peak_memory_mb"],
     )
     (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -2,30 +2,34 @@
 
 A genome is untrusted code. The slot runner starts it through one of these levels:
 
-    level    how                               what it enforces (see docs/integrity.md)
-    bwrap    bubblewrap (user/pid/net/ipc/uts  read-only system, only the work dir writable,
-             namespaces, all caps dropped)     only the train split readable of the dataset,
-                                               no network, own PID namespace, minimal /proc and /dev
-    netns    util-linux `unshare` (user, net,  no network, own PID namespace; NO file-system
-             pid, mount namespaces)            isolation: the genome can read and write what the
-                                               harness user can
-    none     a plain subprocess                nothing beyond the limits below
+    level    how                                  what it enforces (see docs/integrity.md)
+    bwrap    bubblewrap: user, pid, net, ipc,     read-only system (only /usr, /lib*, a few /etc files,
+             uts, mount namespaces; every          the Python prefix and venv and the `gpt` package),
+             capability dropped                    only the work dir writable, only the train split of
+                                                   the dataset readable, no network, own PID namespace,
+                                                   new /proc, minimal /dev, size-capped tmpfs /tmp
+    netns    util-linux unshare: user, net, pid,  no network, own PID namespace; NO file-system
+             ipc, uts, mount namespaces; setpriv  isolation (the genome reads and writes what the
+             drops every capability               harness user can)
+    none     a plain subprocess                   nothing but the limits below
 
 `auto` picks the strongest level that actually works on this machine; each level is
-probed once per process (a real sandboxed `python -c pass`) and the answer is cached.
+probed once per process (a real sandboxed `python -c ...`) and the answer is cached.
 
 Limits, every level (enforced by the harness, not by the genome's goodwill):
-- memory: RLIMIT_DATA per process (counts heap and private writable mappings, not the
-  large PROT_NONE reservations that break RLIMIT_AS under torch) plus a watchdog that sums
-  the anonymous resident memory of all the slot's processes;
-- files: RLIMIT_FSIZE per file, and a watchdog (then a final check) on the total size and
-  file count of the work directory; RLIMIT_CORE 0 (no core dumps);
-- processes: a watchdog that counts the slot's processes (polling: a fast fork bomb can
-  overshoot the cap for up to one poll interval before the whole slot is killed);
-- leftovers: at the end of a slot every process of the slot is stopped, then killed:
-  for bwrap and netns the PID namespace dies with its init; at every level the harness
-  also finds the slot's processes by an environment marker (EVO_SLOT_TOKEN) or by their
-  PID namespace in /proc, and kills those.
+- memory: RLIMIT_DATA per process (it counts heap and private writable mappings, not the
+  large PROT_NONE reservations that make RLIMIT_AS break torch), plus a watchdog that sums
+  the anonymous resident memory of all the slot's processes and kills the slot past the cap;
+- files: RLIMIT_FSIZE per file, a watchdog on the total size and the file count of the
+  work directory, and a final check of both after the run; RLIMIT_CORE 0;
+- processes: the watchdog counts the slot's processes (polling, every WATCH_INTERVAL_S: a
+  fork bomb can overshoot the cap for up to one interval before the whole slot is killed);
+- leftovers: the genome runs under a small supervisor (`_SUPERVISOR`) that is its parent and
+  a child subreaper, so every process the genome leaves behind (double-forked, setsid'd, with
+  a scrubbed environment) is re-parented to it; when the genome exits, or on SIGTERM, it
+  stops and kills them all. Under bwrap and netns the PID namespace also dies with its init.
+  As a backstop the runner kills every process that carries the slot's environment marker
+  (EVO_SLOT_TOKEN) or lives in the slot's PID namespace.
 
 There are no cgroups here: cgroup v2 with delegated memory/pids controllers would give hard
 kernel limits, but it is not what most machines that run evo offer (the development machine
@@ -61,19 +65,92 @@ WATCH_INTERVAL_S = 0.25
 DISK_EVERY_S = 2.0
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group", "nsswitch.conf",
              "hosts", "alternatives")
-HELPER_NAMES = {"bwrap", "unshare"}  # sandbox helper processes: not counted against max_procs
+HELPER_NAMES = {"bwrap", "unshare", "evo-supervisor"}  # sandbox helpers: not counted against max_procs
 
-# A tiny launcher: die with the runner, set the rlimits, then exec the real command
+# The launcher runs outside the sandbox: die with the runner, set the rlimits, exec the sandbox tool
 # (a launcher rather than preexec_fn, which is unsafe in the runner's threaded parent).
-_LAUNCHER = (
-    "import os,resource as r,sys\n"
-    "try:\n import ctypes;ctypes.CDLL(None).prctl(1,9)\n"  # PR_SET_PDEATHSIG=SIGKILL: die with the runner
-    "except Exception:\n pass\n"
-    "for kv in filter(None,sys.argv[1].split(',')):\n"
-    " k,v=kv.split('=');v=int(v);n=getattr(r,'RLIMIT_'+k);h=r.getrlimit(n)[1]\n"
-    " v=v if h==r.RLIM_INFINITY else min(v,h);r.setrlimit(n,(v,v))\n"
-    "os.execvp(sys.argv[2],sys.argv[2:])\n"
-)
+_LAUNCHER = r"""
+import os, resource, sys
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL: die with the runner
+except Exception:
+    pass
+for kv in filter(None, sys.argv[1].split(",")):
+    k, v = kv.split("=")
+    n = getattr(resource, "RLIMIT_" + k)
+    hard = resource.getrlimit(n)[1]
+    v = int(v) if hard == resource.RLIM_INFINITY else min(int(v), hard)
+    resource.setrlimit(n, (v, v))
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+# The supervisor runs inside the sandbox, as the genome's parent and a child subreaper: every
+# process the genome leaves behind (double-forked, setsid'd, environment scrubbed) is re-parented
+# to it; when the genome exits (or on SIGTERM) it stops and kills them all, reaps, and reports.
+_SUPERVISOR = r"""
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None)
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+libc.prctl(15, b"evo-supervisor", 0, 0, 0)  # PR_SET_NAME
+pid = os.fork()
+if pid == 0:
+    try:
+        libc.prctl(1, 9, 0, 0, 0)  # the genome dies with its supervisor
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+def stop(*_):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+signal.signal(signal.SIGTERM, stop)
+try:
+    status = os.waitpid(pid, 0)[1]
+except ChildProcessError:
+    status = 0
+me = str(os.getpid())
+
+def children():
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open("/proc/%s/stat" % p) as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if st[1] == me and st[0] not in ("Z", "X"):
+                out.append(int(p))
+    return out
+
+killed = set()
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    kids = children()
+    if not kids:
+        break
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for k in kids:
+            try:
+                os.kill(k, sig)
+            except OSError:
+                pass
+    killed.update(kids)
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    time.sleep(0.005)
+if killed:
+    sys.stderr.write("\n[evo-supervisor] killed %d process(es) the genome left running\n" % len(killed))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(128 - code if code < 0 else code)
+"""
 
 
 def default_memory_mb() -> int:
@@ -113,6 +190,11 @@ def launcher(limits: Limits) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _LAUNCHER, spec]
 
 
+def supervisor() -> list[str]:
+    """argv prefix that runs the rest of the command line under the subreaper supervisor."""
+    return [sys.executable, "-I", "-S", "-c", _SUPERVISOR]
+
+
 # ---------------------------------------------------------------- what the genome needs to see
 
 
@@ -144,17 +226,41 @@ def python_dirs() -> list[Path]:
     dirs.append(Path(gpt.__file__).resolve().parent)  # only the `gpt` package, not the project
     out: list[Path] = []
     for d in sorted({p.resolve() for p in dirs if p.exists()}, key=lambda p: len(p.parts)):
-        if str(d).startswith("/usr/") or any(d == o or o in d.parents for o in out):
+        if d == Path("/") or str(d).startswith("/usr/") or any(d == o or o in d.parents for o in out):
             continue
         out.append(d)
     return out
 
 
-def _bwrap_args(exposure: Exposure, userns: bool) -> list[str]:
+def _python_aliases() -> list[tuple[Path, Path]]:
+    """(target, literal) for a Python prefix or executable dir reached through a symlink: the genome's
+    interpreter is started by its literal path, so that path must exist in the sandbox too."""
+    pairs = []
+    for p in {sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)}:
+        literal = Path(os.path.abspath(p))
+        if literal.exists() and literal.resolve() != literal:
+            pairs.append((literal.resolve(), literal))
+    return sorted(pairs, key=lambda pair: len(pair[1].parts))
+
+
+def _bwrap_features() -> frozenset:
+    """Options of the installed bwrap that vary between versions (--size: 0.7, --disable-userns: 0.8)."""
+    try:
+        text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(opt for opt in ("--size", "--disable-userns") if opt in text)
+
+
+def _bwrap_args(exposure: Exposure, variant: dict) -> list[str]:
+    features = variant.get("features", frozenset())
     a = ["bwrap", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
          "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    if userns:
-        a += ["--unshare-user", "--disable-userns"]
+    if variant.get("userns"):
+        a += ["--unshare-user"]
+        if "--disable-userns" in features:  # no nested user namespaces inside the sandbox
+            a += ["--disable-userns"]
+    size = ["--size", str(TMPFS_MB * 2**20)] if "--size" in features else []
     a += ["--ro-bind", "/usr", "/usr"]
     for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(d):
@@ -163,9 +269,7 @@ def _bwrap_args(exposure: Exposure, userns: bool) -> list[str]:
             a += ["--ro-bind", d, d]
     for f in ETC_FILES:
         a += ["--ro-bind-try", f"/etc/{f}", f"/etc/{f}"]
-    a += ["--proc", "/proc", "--dev", "/dev",
-          "--size", str(TMPFS_MB * 2**20), "--tmpfs", "/dev/shm",
-          "--size", str(TMPFS_MB * 2**20), "--tmpfs", "/tmp"]
+    a += ["--proc", "/proc", "--dev", "/dev"] + size + ["--tmpfs", "/dev/shm"] + size + ["--tmpfs", "/tmp"]
     if exposure.gpu:  # best effort, untested: NVIDIA device nodes and the sysfs the driver reads
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/*")):
             a += ["--dev-bind", dev, dev]
@@ -174,8 +278,10 @@ def _bwrap_args(exposure: Exposure, userns: bool) -> list[str]:
         a += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     for d in python_dirs():
         a += ["--ro-bind", str(d), str(d)]
+    for target, literal in _python_aliases():
+        a += ["--ro-bind", str(target), str(literal)]
     for d in exposure.hide_dirs:
-        a += ["--size", "65536", "--tmpfs", str(d)]
+        a += (["--size", "65536"] if size else []) + ["--tmpfs", str(d)]
     for f in exposure.read_files:
         a += ["--ro-bind", str(f), str(f)]
     for d in exposure.hide_dirs:
@@ -189,7 +295,7 @@ def _netns_args(userns: bool) -> list[str]:
     a = ["unshare"]
     if userns:
         a += ["--user", "--map-root-user"]
-    a += ["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+    a += ["--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc", "--"]
     if shutil.which("setpriv"):  # drop every capability, so the genome cannot undo the namespaces
         a += ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
     elif not userns:
@@ -218,11 +324,13 @@ def _probe_bwrap() -> tuple[dict | None, str]:
         (t / "data").mkdir()
         (t / "data" / "f").write_text("x")
         exposure = Exposure(work=t / "work", read_files=(t / "data" / "f",), hide_dirs=(t / "data",))
+        features = _bwrap_features()
         for userns in (True, False):
-            cmd = _bwrap_args(exposure, userns) + [sys.executable, "-S", "-c", "open('f','w').write('ok')"]
+            variant = {"userns": userns, "features": features}
+            cmd = _bwrap_args(exposure, variant) + [sys.executable, "-S", "-c", "open('f','w').write('ok')"]
             err = _run_probe(cmd, cwd=t / "work")
             if err is None and (t / "work" / "f").exists():
-                return {"userns": userns}, ""
+                return variant, ""
             errors.append(err or "the probe could not write its work dir")
     return None, "bubblewrap is installed but cannot create its sandbox here: " + " / ".join(errors)
 
@@ -310,12 +418,12 @@ def wrap_command(level: str, argv: list[str], exposure: Exposure, limits: Limits
     if variant is None:
         raise UserError(f"sandbox level {level!r} is not available ({why}); fix: {FIXES.get(level, '')}")
     if level == "bwrap":
-        inner = _bwrap_args(exposure, variant["userns"])
+        inner = _bwrap_args(exposure, variant)
     elif level == "netns":
         inner = _netns_args(variant["userns"])
     else:
         inner = []
-    return launcher(limits) + inner + list(argv)
+    return launcher(limits) + inner + supervisor() + list(argv)
 
 
 # ---------------------------------------------------------------- finding and killing slot processes
@@ -443,9 +551,11 @@ def disk_verdict(work: Path, limits: Limits) -> str | None:
 class Watchdog(threading.Thread):
     """Polls a running slot; on a breach records (reason, detail) and kills the whole slot."""
 
-    def __init__(self, procs: SlotProcesses, limits: Limits, work: Path, interval: float = WATCH_INTERVAL_S):
+    def __init__(self, procs: SlotProcesses, limits: Limits, work: Path, on_breach=None,
+                 interval: float = WATCH_INTERVAL_S):
         super().__init__(daemon=True, name="evo-slot-watchdog")
         self.procs, self.limits, self.work, self.interval = procs, limits, work, interval
+        self.on_breach = on_breach or procs.kill_all
         self.breach: tuple[str, str] | None = None
         self.peak_mb = 0
         self.peak_procs = 0
@@ -474,4 +584,4 @@ class Watchdog(threading.Thread):
 
     def _trip(self, reason: str, detail: str) -> None:
         self.breach = (reason, detail)
-        self.procs.kill_all()
+        self.on_breach()

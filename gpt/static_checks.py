@@ -13,9 +13,9 @@ Rules:
 
 | rule           | severity | what it flags                                                                      |
 |----------------|----------|------------------------------------------------------------------------------------|
-| syntax         | reject   | the source does not parse (the slot would only crash)                              |
+| syntax         | reject   | the source does not parse (the slot would only crash)                               |
 | network        | reject   | socket, ssl, urllib, http, requests, httpx, aiohttp, ftplib, smtplib, xmlrpc,       |
-|                |          | socketserver, websockets, grpc, zmq, paramiko, torch.distributed, torch.hub,        |
+|                |          | socketserver, websockets, grpc, zmq, paramiko, asyncio, torch.distributed, torch.hub,|
 |                |          | huggingface_hub, ... (import or use)                                                |
 | process        | reject   | subprocess, pty, multiprocessing, torch.multiprocessing, ProcessPoolExecutor,       |
 |                |          | os.system/popen/exec*/spawn*/posix_spawn*/fork/forkpty/setsid/kill/killpg            |
@@ -41,14 +41,15 @@ Rules:
 | monkeypatch    | reject   | assigning (or setattr/delattr) attributes of time, gpt.lab, builtins,               |
 |                |          | torch.cuda.synchronize/Event, or of the Run object (clock and harness tricks)       |
 | dynamic_import | reject   | __import__ / importlib.import_module of a banned module named by a literal          |
-| dynamic_import | warn     | __import__ / importlib.import_module / importlib.util loaders with a computed name  |
+| dynamic_import | warn     | __import__ / importlib.import_module of anything else (a computed name, a module    |
+|                |          | that is allowed), importlib.util loaders                                            |
 | exec_eval      | warn     | exec / eval / compile builtins (code the checks cannot see)                         |
 | introspection  | warn     | sys.modules, builtins, __builtins__, globals(), vars(), __subclasses__, __globals__,|
 |                |          | gc.get_objects/get_referrers, getattr/setattr on a module with a computed name,    |
 |                |          | star imports from os/sys/time/gpt.lab                                               |
 
 `torch.backends.*` / `torch._dynamo.config` / `torch._inductor.config` assignments are normal
-tuning and are not flagged. A honest genome (genomes/tiny_cpu.py) gets no finding.
+tuning and are not flagged. An honest genome (genomes/*.py) gets no finding.
 """
 from __future__ import annotations
 
