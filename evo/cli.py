@@ -12,6 +12,10 @@ SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "causa
                 "train_seconds", "slot_seconds", "eval_seconds", "startup_seconds", "export_seconds", "steps")
 
 
+DATA_HELP = "stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:OWNER/NAME[@REV][:PATTERN[:COLUMN]]"
+TOKENIZER_HELP = "byte | bpe:VOCAB (e.g. bpe:8192, trained on the train split only)"
+
+
 def print_summary(result: dict, keys=SUMMARY_KEYS, file=sys.stdout) -> None:
     """`key: value` lines that a person and grep can both read."""
     for key in keys:
@@ -31,7 +35,7 @@ def default_device() -> str:
 def cmd_prepare(args) -> int:
     from gpt.data import prepare
 
-    dataset = prepare(args.data, root=Path(args.out) if args.out else None, seed=args.seed)
+    dataset = prepare(args.data, root=Path(args.out) if args.out else None, seed=args.seed, tokenizer=args.tokenizer)
     m = dataset.manifest
     print(f"dataset:   {dataset.path}")
     print(f"source:    {m['source']}")
@@ -50,7 +54,7 @@ def cmd_eval(args) -> int:
     genome = Path(args.genome)
     if not genome.is_file():
         raise UserError(f"genome {genome} does not exist; pass the path of a training script such as genomes/tiny_cpu.py")
-    dataset = prepare(args.data)
+    dataset = prepare(args.data, tokenizer=args.tokenizer)
     out = Path(args.out or Path("logs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{genome.stem}")
     device = args.device or default_device()
     print(f"evaluating {genome} for {args.budget:g} s on {device} -> {out}", file=sys.stderr)
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="prepare a dataset (splits, canaries, token memmaps)")
-    p.add_argument("--data", default="stdlib", help="stdlib | text:GLOB | parquet:GLOB[:COLUMN]")
+    p.add_argument("--data", default="stdlib", help=DATA_HELP)
+    p.add_argument("--tokenizer", default="byte", help=TOKENIZER_HELP)
     p.add_argument("--out", help="dataset root folder (default: $EVO_DATA_DIR or ~/.cache/evo/data)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (fixes the canaries)")
     p.set_defaults(func=cmd_prepare)
@@ -78,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="train and score one genome through the harness")
     p.add_argument("genome")
     p.add_argument("--budget", type=float, default=30.0, help="training budget in seconds")
-    p.add_argument("--data", default="stdlib")
+    p.add_argument("--data", default="stdlib", help=DATA_HELP)
+    p.add_argument("--tokenizer", default="byte", help=TOKENIZER_HELP)
     p.add_argument("--out", help="evaluation folder (default: logs/eval-<time>-<genome>)")
     p.add_argument("--seed", type=int, default=0, help="harness seed for this slot")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -38,7 +38,7 @@ def open_run(run_dir: str | Path, resume: bool = False, overrides: dict | None =
 def _overrides(args) -> dict:
     return {"preset": args.preset, "out": args.out, "evals": args.evals, "hours": args.hours,
             "budget_s": args.budget, "slots": args.slots, "genomes": tuple(args.genome) if args.genome else None,
-            "data": args.data, "seed": args.seed}
+            "data": args.data, "tokenizer": args.tokenizer, "seed": args.seed}
 
 
 def _llm_settings(config: cfg.RunConfig, args) -> dict:
@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
             raise UserError(f"seed genome {path} does not exist; give a training script with --genome PATH")
         seeds.append(Genome(source=Path(path).read_text(), operator="seed", rationale=f"seed genome {path}"))
     pool = SlotPool.create(config.device, config.slots, config.dask_scheduler)
-    dataset = prepare(config.data)
+    dataset = prepare(config.data, tokenizer=config.tokenizer)
     run_dir = Path(config.out or Path("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.preset}")
     if (run_dir / JOURNAL_NAME).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with `evo resume {run_dir}` or pick --out")
@@ -200,7 +200,8 @@ def add_run_commands(sub) -> None:
     p.add_argument("--budget", type=float, help="training budget of one slot, seconds")
     p.add_argument("--slots", type=int, help="parallel slots")
     p.add_argument("--genome", action="append", help="seed genome path (repeatable)")
-    p.add_argument("--data", help="stdlib | text:GLOB | parquet:GLOB[:COLUMN]")
+    p.add_argument("--data", help="stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:NAME")
+    p.add_argument("--tokenizer", help="byte | bpe:VOCAB")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--llm", help="add an LLM model for the LLM operators (e.g. gpt-4.1-mini)")
     p.add_argument("--llm-base-url", help="OpenAI-compatible base URL (default https://api.openai.com/v1)")

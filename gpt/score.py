@@ -96,16 +96,26 @@ def causality_probe(fn, tokens: np.ndarray, seq_len: int, vocab_size: int, devic
 
 
 def canary_bits(fn, tokenizer, canaries: list[str], vocab_size: int, device: str) -> np.ndarray:
-    """Mean bits per byte of each canary's random part, after its fixed prefix."""
+    """Mean bits per byte of each canary's random part, after its fixed prefix.
+
+    Prefix and canary are encoded together, as they appear in the data (a BPE tokenizer may
+    merge the prefix's last byte into the canary); every token ending past the prefix is
+    scored. Canaries of equal token length are scored in one batch."""
     context = "\n" + CANARY_PREFIX
-    ctx = tokenizer.encode(context)
-    seqs = [np.concatenate([ctx, tokenizer.encode(c)]) for c in canaries]
-    x = torch.from_numpy(np.stack(seqs).astype(np.int64)).to(device)
-    lp = _log_probs(fn, x[:, :-1], vocab_size)
-    target = x[:, 1:]
-    nll = -lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)[:, len(ctx) - 1:]
-    nbytes = torch.from_numpy(tokenizer.token_bytes())[target[:, len(ctx) - 1:].cpu()].sum(-1)
-    return (nll.double().sum(-1).cpu() / math.log(2) / nbytes).numpy()
+    n_context = len(context.encode("utf-8"))
+    token_bytes = tokenizer.token_bytes()
+    seqs = [tokenizer.encode(context + c).astype(np.int64) for c in canaries]
+    out = np.empty(len(seqs))
+    for length in sorted({len(seq) for seq in seqs}):
+        idx = [i for i, seq in enumerate(seqs) if len(seq) == length]
+        x = torch.from_numpy(np.stack([seqs[i] for i in idx])).to(device)
+        lp = _log_probs(fn, x[:, :-1], vocab_size)
+        nll = -lp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1).double().cpu().numpy()
+        for row, i in enumerate(idx):
+            ends = np.cumsum(token_bytes[seqs[i]])
+            scored = ends[1:] > n_context  # targets are tokens 1..; score those ending inside the canary
+            out[i] = nll[row][scored].sum() / math.log(2) / token_bytes[seqs[i][1:]][scored].sum()
+    return out
 
 
 def canary_probe(fn, dataset: Dataset, splits, vocab_size: int, device: str) -> dict:

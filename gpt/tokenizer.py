@@ -1,5 +1,5 @@
 """Tokenizers. Bits per byte is computed from each target token's byte length, so any
-tokenizer (byte-level today, BPE later) is scored on the same scale."""
+tokenizer (byte-level, or BPE from gpt.bpe) is scored on the same scale."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,10 +25,27 @@ class ByteTokenizer:
         return {"name": self.name, "vocab_size": self.vocab_size}
 
 
-def load_tokenizer(spec: dict) -> ByteTokenizer:
-    """Rebuild the tokenizer described in a manifest."""
+def load_tokenizer(spec: dict, folder=None):
+    """Rebuild the tokenizer described in a manifest. `folder` is the dataset folder: a BPE
+    tokenizer's merges live in a file there (`spec["path"]`, relative to it)."""
     if spec.get("name") == "byte":
         return ByteTokenizer()
     from gpt.errors import UserError
 
+    if spec.get("name") == "bpe":
+        from pathlib import Path
+
+        from gpt.bpe import BPETokenizer
+
+        if folder is None:
+            raise UserError("a BPE tokenizer is loaded from its dataset folder; use Dataset(path).tokenizer")
+        path = Path(folder) / spec["path"]
+        try:
+            tok = BPETokenizer.load(path, spec.get("sha256"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the BPE tokenizer of dataset {folder}: {exc}; re-run `evo prepare`")
+        if tok.vocab_size != spec.get("vocab_size"):
+            raise UserError(f"BPE tokenizer {path} has {tok.vocab_size} tokens, the manifest says "
+                            f"{spec.get('vocab_size')}; re-run `evo prepare`")
+        return tok
     raise UserError(f"unknown tokenizer {spec.get('name')!r} in the dataset manifest; re-run `evo prepare`")

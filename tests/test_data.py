@@ -97,7 +97,7 @@ def test_every_eval_split_holds_at_least_the_minimum_of_real_bytes(small_dataset
     for split in EVAL_SPLITS:
         assert m["bytes"][split] >= MIN_EVAL_TOKENS
         # the token count adds exactly the planted canary lines to the real bytes
-        line = len(CANARY_PREFIX) + CANARY_HEX_CHARS + 1
+        line = 1 + len(CANARY_PREFIX) + CANARY_HEX_CHARS + 1  # "\n# canary <hex>\n"
         assert m["tokens"][split] == m["bytes"][split] + CANARIES_PER_SPLIT * CANARY_COPIES * line
     assert m["tokens"]["train"] == m["bytes"]["train"]
 
