@@ -29,6 +29,7 @@ from evo.progress import Progress
 from evo.slots import SlotPool
 from evo.tblog import TensorBoardLog
 from gpt.errors import UserError
+from gpt import runner
 from gpt.runner import SlotJob
 
 HALL_OF_FAME_SIZE = 10
@@ -172,10 +173,12 @@ class Evolution:
         folded = sum(self.records[s].n_folded for s in self.seed_ids if s in self.records)
         if folded < self.journal.count("purpose = 'noise'"):
             return []
-        seeds_ok = [s for s in self.seed_ids if self.records.get(s) and self.records[s].vals]
+        # a flagged seed is never the best nor a parent (with no member left, `propose` falls back to the seed)
+        seeds_ok = [s for s in self.seed_ids if self.records.get(s) and self.records[s].vals
+                    and not self.records[s].flagged]
         if not seeds_ok:
             reasons = {s: self.records[s].flagged or self.records[s].failed for s in self.seed_ids if s in self.records}
-            raise UserError(f"every evaluation of the seed genome failed ({reasons}); run `evo eval` on the seed "
+            raise UserError(f"every seed genome failed or was flagged ({reasons}); run `evo eval` on the seed "
                             "to see its stderr and fix it before evolving it")
         deviations = [v - self.records[s].mean for s in seeds_ok for v in self.records[s].vals]
         self.floor = fit.noise_floor(deviations, self.config.min_noise_floor)
@@ -331,7 +334,7 @@ class Evolution:
         return SlotJob(genome=str(self.genome_path(row["genome_id"])), dataset=self.dataset_path,
                        out_dir=str(self.run_dir / "evals" / f"{row['id']:05d}-{attempt}"), budget_s=c.budget_s,
                        seed=row["seed"], grace_s=c.grace_s or None, eval_tokens=c.eval_tokens,
-                       eval_seq_len=c.eval_seq_len, **({"sandbox": c.sandbox} if _has_field("sandbox") else {}))
+                       eval_seq_len=c.eval_seq_len, sandbox=c.sandbox)
 
     # ------------------------------------------------------------ the loop
     def run(self, pool: SlotPool) -> dict:
@@ -393,11 +396,13 @@ class Evolution:
                     self._finish(row, result, busy_seconds / (len(pool.slots) * max(time.time() - start, 1e-9)))
         except KeyboardInterrupt:
             stopping_reason = "interrupted (Ctrl-C): running slots killed; `evo resume` continues"
-            from gpt import runner
-
-            getattr(runner, "kill_all_slots", lambda: None)()
+            runner.kill_all_slots()
             pool.shutdown()
             self.journal.event("interrupted")
+        except BaseException:  # nothing of a slot outlives the controller; the journal says 'running'
+            runner.kill_all_slots()
+            pool.shutdown()
+            raise
         finally:
             self.breeder.close()
             self.tb.close()
@@ -450,6 +455,3 @@ class Evolution:
                 "best_n_evals": len(best.vals) if best else 0,
                 "flagged": sum(1 for r in self.records.values() if r.flagged)}
 
-
-def _has_field(name: str) -> bool:
-    return name in SlotJob.__dataclass_fields__

@@ -43,8 +43,21 @@ STOP_WAIT_S = 3.0  # how long the sandbox gets to clean up after SIGTERM before 
 
 
 def default_grace(budget_s: float) -> float:
-    """Time past the budget for export and shutdown before the hard kill."""
-    return max(10.0, 0.2 * budget_s)
+    """Time past the budget before the hard kill. The kill clock starts at spawn, the budget at
+    connect: grace covers interpreter start and torch import (seconds on a busy CPU) and export."""
+    return max(20.0, 0.2 * budget_s)
+
+
+_LIVE_SLOTS: dict = {}  # pid -> (Popen, SlotProcesses) of every genome process running now
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all_slots() -> None:
+    """End every running slot of this process (Ctrl-C in the controller): nothing is left running."""
+    with _LIVE_LOCK:
+        live = list(_LIVE_SLOTS.values())
+    for proc, procs in live:
+        _stop_slot(proc, procs)
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,8 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=genome_env(spec_path, work, job.threads, job.env, token), start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE_SLOTS[proc.pid] = (proc, procs)
     watchdog = sandboxing.Watchdog(procs, limits, work, on_breach=lambda: _stop_slot(proc, procs))
     watchdog.start()
     pumps = [threading.Thread(target=_pump, args=(s, out / name, job.output_cap), daemon=True)
@@ -174,6 +189,8 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     finally:
         watchdog.stop()
         _stop_slot(proc, procs)
+        with _LIVE_LOCK:
+            _LIVE_SLOTS.pop(proc.pid, None)
     train_seconds = time.monotonic() - start
     for p in pumps:
         p.join(timeout=5)
@@ -204,6 +221,16 @@ def _stop_slot(proc: subprocess.Popen, procs: sandboxing.SlotProcesses) -> None:
     procs.kill_all()  # the backstop: every process still carrying EVO_SLOT_TOKEN or living in the slot's namespace
     _kill_group(proc.pid)
     proc.wait()
+
+
+def _scorer_result(returncode: int, stdout: str, stderr: str) -> dict:
+    """The scorer's JSON answer, or a score_error naming what went wrong."""
+    if returncode == 0:
+        try:
+            return json.loads(stdout)
+        except ValueError:
+            return {"status": "failed", "reason": "score_error", "detail": f"unreadable scorer output: {stdout[:500]!r}"}
+    return {"status": "failed", "reason": "score_error", "detail": stderr[-STDERR_TAIL_CHARS:]}
 
 
 def _leftovers(stderr_path: Path) -> int:
@@ -300,8 +327,7 @@ def run_slot(job: SlotJob) -> dict:
             scored = True
             try:
                 stdout, stderr = scorer.communicate(json.dumps(request), timeout=SCORE_TIMEOUT_S)
-                result = json.loads(stdout) if scorer.returncode == 0 else {
-                    "status": "failed", "reason": "score_error", "detail": stderr[-STDERR_TAIL_CHARS:]}
+                result = _scorer_result(scorer.returncode, stdout, stderr)
             except subprocess.TimeoutExpired:
                 result = {"status": "failed", "reason": "score_timeout", "detail": f"scoring took over {SCORE_TIMEOUT_S} s"}
             result["eval_seconds"] = time.monotonic() - eval_start
