@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gpt.errors import UserError
 
-SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "causality", "canary", "stateless",
+SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "causality", "canary", "stateless", "budget",
                 "train_seconds", "slot_seconds", "eval_seconds", "startup_seconds", "export_seconds", "steps")
 
 

@@ -161,7 +161,7 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     dataset = Dataset(Path(job.dataset).resolve())
     SlotSpec(budget_s=job.budget_s, device=job.device, seed=job.seed, vocab_size=dataset.tokenizer.vocab_size,
              train_path=str(dataset.train_path), out_dir=str(work), eval_seq_len=job.eval_seq_len,
-             threads=job.threads).write(spec_path)
+             threads=job.threads, spawned_at=time.time()).write(spec_path)
     grace = job.grace_s if job.grace_s is not None else default_grace(job.budget_s)
     limits = job.limits()
     token = uuid.uuid4().hex
@@ -343,9 +343,11 @@ def run_slot(job: SlotJob) -> dict:
     if result.get("reason") != "artifact_link" and (work / TIMINGS_NAME).exists():
         try:
             lab_timings = json.loads((work / TIMINGS_NAME).read_text()[:10000])
-            lab_timings = {k: float(lab_timings[k]) for k in ("train_s", "export_s")}
+            lab_timings = {k: float(lab_timings[k]) for k in ("train_s", "export_s", "overrun_s")}
         except (ValueError, TypeError, KeyError, AttributeError):
             lab_timings = {}
+    if result.get("status") in ("ok", "flagged") and lab_timings:
+        _budget_probe(result, lab_timings["overrun_s"], job.budget_s)
     result.update(
         budget_s=job.budget_s, seed=job.seed, device=job.device, returncode=ran["returncode"],
         train_seconds=ran["train_seconds"], slot_seconds=time.monotonic() - slot_start,
@@ -358,6 +360,22 @@ def run_slot(job: SlotJob) -> dict:
     )
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def budget_tolerance(budget_s: float) -> float:
+    """How far past the clock a genome may submit: one slow step or a final print, not more."""
+    return max(2.0, 0.05 * budget_s)
+
+
+def _budget_probe(result: dict, overrun_s: float, budget_s: float) -> None:
+    """Flag a genome that kept training after time_left() reached zero (inside the kill grace)."""
+    passed = overrun_s <= budget_tolerance(budget_s)
+    result.setdefault("probes", {})["budget"] = {"pass": passed, "overrun_s": overrun_s,
+                                                 "tolerance_s": budget_tolerance(budget_s)}
+    result["budget"] = "pass" if passed else "fail"
+    if not passed:
+        reasons = [r for r in (result.get("reason") or "").split(",") if r] + ["budget"]
+        result.update(status="flagged", reason=",".join(reasons))
 
 
 def _parse_steps(path: Path):
