@@ -163,7 +163,9 @@ class Evolution:
                 if row["purpose"] != "noise":
                     self.pending.append(gid)
                 return {}, actions
-            return self._score(gid), actions
+            rec = self.records[gid]  # scored just now, with the floor: no second Thresholdout query
+            return {"answer": rec.answer, "revealed": 0, "penalty": rec.penalty,
+                    "fitness": None if rec.fitness == fit.WORST_FITNESS else rec.fitness}, actions
         scores = self._score(gid)
         return scores, self._judge(gid)
 
