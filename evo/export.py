@@ -37,7 +37,8 @@ def lineage_markdown(evo, chain: list[str], test_result: dict, flagged: str | No
     lines = [f"# Lineage of {chain[-1]}", ""]
     if flagged:
         lines += [f"**FLAGGED: {flagged}.** Exported with --allow-flagged; its scores cannot be trusted.", ""]
-    lines += [f"Run: `{evo.run_dir}`. Noise floor: {evo.floor:.4f} bpb. "
+    floor = f"{evo.floor:.4f} bpb" if evo.floor is not None else "not measured yet"  # export during the noise evals
+    lines += [f"Run: `{evo.run_dir}`. Noise floor: {floor}. "
               f"Test split (scored once, at export): {_fmt(test_result.get('test_bpb'))} bpb "
               f"(status {test_result.get('status')}).", ""]
     for depth, gid in enumerate(chain):

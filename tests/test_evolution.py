@@ -1,0 +1,428 @@
+"""The evolution loop: duplicates are never evaluated, flagged and failed genomes never breed, and an
+end-to-end smoke run journals, logs, shows and exports what it did."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sqlite3
+import statistics
+from pathlib import Path
+
+import pytest
+
+from evo import config as cfg
+from evo.commands import JOURNAL_NAME, open_run
+from evo.evolve import Evolution, harness_seed
+from evo.genome import Genome
+from evo.journal import Journal
+from evo.tblog import TensorBoardLog
+from gpt.errors import UserError
+
+EVO_TINY = Path(__file__).resolve().parent / "genomes" / "evo_tiny.py"
+SEED_VALS = (3.00, 3.02)  # the seed's noise evaluations: floor = stdev of the deviations = 0.01414
+
+
+# ---------------------------------------------------------------- a run with synthetic slot results
+def synthetic_run(run_dir: Path, **overrides) -> Evolution:
+    """A run set up as `evo run` sets one up (resolved config, journal meta, the seed genome and its
+    noise evaluations), whose evaluations are finished with synthetic results instead of slots."""
+    config = cfg.resolve({}, {"preset": "smoke", "genomes": (str(EVO_TINY),), "out": str(run_dir), **overrides})
+    run_dir.mkdir(parents=True)
+    journal = Journal(run_dir / JOURNAL_NAME)
+    seed = Genome(source=EVO_TINY.read_text(), operator="seed", rationale=f"seed genome {EVO_TINY}")
+    journal.set_meta("config", dataclasses.asdict(config))
+    journal.set_meta("dataset", str(run_dir / "no-dataset"))
+    journal.set_meta("seeds", [seed.id])
+    journal.add_genome(seed, "noise", [harness_seed(config.seed, seed.id, k) for k in range(config.noise_repeats)])
+    evolution = Evolution(run_dir, config, journal, str(run_dir / "no-dataset"), quiet=True)
+    evolution.tb = TensorBoardLog(run_dir)
+    return evolution
+
+
+def result(status: str = "ok", val: float | None = 3.0, heldout: float | None = None,
+           reason: str | None = None) -> dict:
+    """A dict shaped like gpt.runner.run_slot's result."""
+    ok = status == "ok"
+    return {"status": status, "reason": reason, "detail": None, "val_bpb": val,
+            "heldout_bpb": heldout if heldout is not None else (val + 0.01 if val is not None else None),
+            "test_bpb": None, "causality": "pass" if ok else None, "canary": "pass" if ok else None,
+            "stateless": "pass" if ok else None, "train_seconds": 1.0, "slot_seconds": 2.0, "eval_seconds": 0.3,
+            "startup_seconds": 0.5, "export_seconds": 0.1, "steps": 20, "sandbox": "none", "budget_s": 1.0,
+            "stderr_tail": "Traceback ...\nRuntimeError: boom" if status == "failed" else ""}
+
+
+def finish(evolution: Evolution, row, res: dict) -> None:
+    """What the loop does when a slot returns: journal it as running, then fold and journal the result."""
+    evolution.journal.mark_running(row["id"], "cpu0")
+    evolution._finish(row, res, 0.5)
+
+
+def run_noise(evolution: Evolution, vals=SEED_VALS) -> None:
+    for val in vals:
+        row = evolution.next_evaluation()
+        assert row["purpose"] == "noise"
+        finish(evolution, row, result(val=val))
+    assert evolution.floor == pytest.approx(statistics.stdev([-0.01, 0.01]))
+
+
+def population_ids(evolution: Evolution) -> set[str]:
+    return {m.genome_id for m in evolution.population}
+
+
+# ---------------------------------------------------------------- duplicates
+def test_a_child_identical_to_a_known_genome_is_recognized_and_never_evaluated(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution)
+    seed_id = evolution.seed_ids[0]
+    # the run's second proposal, made earlier with other comments: the same program
+    child = evolution.propose(1)
+    assert child is not None and child.parents == (seed_id,)
+    earlier = Genome(source="# written earlier, commented differently\n" + child.source.replace("  # evo:", "# evo:"),
+                     parents=child.parents, operator=child.operator, rationale="the same edit, made earlier")
+    assert earlier.id == child.id and earlier.source != child.source
+    first = evolution.next_evaluation()  # proposal 0
+    assert first["purpose"] == "child" and first["genome_id"] != child.id
+    finish(evolution, first, result("failed", None, reason="crash"))  # the population stays the seed alone
+    eval_id = evolution.journal.add_genome(earlier, "child", [harness_seed(0, earlier.id, 0)])
+    finish(evolution, evolution.journal.evaluations("id = ?", (eval_id,))[0], result("failed", None, reason="crash"))
+
+    row = evolution.next_evaluation()  # proposal 1 is the known program: skipped; proposal 2 is queued
+
+    duplicates = evolution.journal.events("duplicate")
+    assert [d["genome_id"] for d in duplicates] == [child.id]
+    assert row["genome_id"] not in (child.id, seed_id, first["genome_id"])
+    assert evolution.journal.count("genome_id = ?", (child.id,)) == 1, "the duplicate was queued again"
+    assert evolution.journal.genome(child.id).source == earlier.source
+    assert evolution.journal.count("state = 'queued'") == 1
+
+
+def test_a_repeated_proposal_is_skipped_and_a_resumed_run_continues_the_proposal_numbers(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution)
+    # while every child fails the population is the seed alone, so proposal i is a fixed child
+    proposals = [evolution.propose(i) for i in range(60)]
+    ids = [child.id if child else None for child in proposals]
+    repeat = next(j for j in range(1, 60) if ids[j] is not None and ids[j] in ids[:j])
+    evaluated = []
+    while not evolution.journal.events("duplicate"):
+        row = evolution.next_evaluation()
+        evaluated.append(row["genome_id"])
+        finish(evolution, row, result("failed", None, reason="crash"))
+    assert [d["genome_id"] for d in evolution.journal.events("duplicate")] == [ids[repeat]]
+    # every new proposal evaluated once, in proposal order; the repeat skipped for the proposal after it
+    assert evaluated == [i for i in dict.fromkeys(ids) if i is not None][:len(evaluated)]
+    assert ids[repeat] in evaluated[:-1]
+    assert evolution.journal.count("genome_id = ?", (ids[repeat],)) == 1
+
+    again = open_run(tmp_path / "run", resume=True)
+    assert again._next_child_index() == evolution._next_child_index()
+    assert again.propose(99).id == evolution.propose(99).id
+
+
+# ---------------------------------------------------------------- flagged and failed genomes
+def _breed(evolution: Evolution, outcomes: list[dict]) -> list[str]:
+    ids = []
+    for res in outcomes:
+        row = evolution.next_evaluation()
+        assert row["purpose"] == "child"
+        finish(evolution, row, res)
+        ids.append(row["genome_id"])
+    return ids
+
+
+def test_flagged_and_failed_genomes_are_never_chosen_as_parents(tmp_path):
+    evolution = synthetic_run(tmp_path / "run", population_size=8)
+    run_noise(evolution)
+    seed_id = evolution.seed_ids[0]
+    good_a, flagged, failed, good_b, candidate = _breed(evolution, [
+        result(val=3.05),
+        result("flagged", val=1.0, heldout=1.0, reason="canary: scores planted canaries far better than controls"),
+        result("failed", None, reason="crash"),
+        result(val=3.04),
+        result(val=2.50),  # far better than the seed: a candidate, re-evaluated next ...
+    ])
+    reeval = evolution.next_evaluation()
+    assert (reeval["genome_id"], reeval["purpose"]) == (candidate, "reeval")
+    finish(evolution, reeval, result("flagged", val=2.4, reason="stateless: the graph mutates a buffer"))  # ... flagged
+
+    assert population_ids(evolution) == {seed_id, good_a, good_b}
+    for bad in (flagged, failed, candidate):
+        assert evolution.records[bad].fitness == -math.inf
+    assert evolution.records[flagged].flagged.startswith("canary")
+    assert evolution.records[failed].failed == "crash"
+    assert evolution.incumbent == seed_id, "a flagged genome became the best"
+    assert not evolution.journal.events("new_best")
+
+    parents_seen, crossovers = set(), 0
+    for index in range(100, 400):
+        child = evolution.propose(index)
+        if child is None:
+            continue
+        parents_seen.update(child.parents)
+        crossovers += len(child.parents) == 2
+        assert not {flagged, failed, candidate} & set(child.parents), f"proposal {index}: {child.parents}"
+    assert parents_seen == {seed_id, good_a, good_b}  # the tournament does pick every member
+    assert crossovers > 0
+
+
+def test_a_seed_flagged_in_a_noise_evaluation_is_never_made_the_best_nor_a_parent(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    finish(evolution, evolution.next_evaluation(), result(val=3.0))
+    with pytest.raises(UserError, match="flagged .*canary"):  # the only seed cannot be evolved: a named error
+        finish(evolution, evolution.next_evaluation(), result("flagged", val=1.0, reason="canary"))
+    assert evolution.incumbent is None and evolution.population == []
+
+
+def test_with_two_seeds_a_flagged_one_is_left_out_and_the_other_is_evolved(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    other = Genome(source=EVO_TINY.read_text().replace("WIDTH = 16", "WIDTH = 32"), rationale="second seed")
+    evolution.journal.add_genome(other, "noise", [1, 2])
+    evolution.seed_ids.append(other.id)
+    flagged_seed = evolution.seed_ids[0]
+    outcomes = [result(val=2.0), result("flagged", val=1.9, reason="canary"), result(val=3.0), result(val=3.02)]
+    for res in outcomes:
+        row = evolution.next_evaluation()
+        assert row["purpose"] == "noise"
+        finish(evolution, row, res)
+    assert evolution.incumbent == other.id
+    assert population_ids(evolution) == {other.id}
+    for index in range(50):
+        child = evolution.propose(index)
+        assert child is None or flagged_seed not in child.parents
+
+
+def test_a_flagged_child_with_an_excellent_score_stays_out_after_a_replay(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution)
+    flagged, good = _breed(evolution, [result("flagged", val=0.5, reason="causality"), result(val=3.03)])
+    replayed = open_run(tmp_path / "run")
+    assert population_ids(replayed) == population_ids(evolution) == {evolution.seed_ids[0], good}
+    assert replayed.incumbent == evolution.incumbent == evolution.seed_ids[0]
+    assert replayed.floor == evolution.floor
+    assert replayed.thresholdout.to_dict() == evolution.thresholdout.to_dict()
+    for gid, rec in evolution.records.items():
+        assert (replayed.records[gid].fitness, replayed.records[gid].vals) == (rec.fitness, rec.vals)
+    assert replayed.records[flagged].flagged == "causality"
+
+
+def test_a_confirmed_improvement_becomes_the_best_and_an_unconfirmed_one_does_not(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution)
+    (lucky,) = _breed(evolution, [result(val=2.80)])
+    reeval = evolution.next_evaluation()
+    assert (reeval["genome_id"], reeval["purpose"]) == (lucky, "reeval")
+    finish(evolution, reeval, result(val=3.30))  # mean 3.05: within the noise of the seed
+    assert evolution.incumbent == evolution.seed_ids[0]
+    assert [e["genome_id"] for e in evolution.journal.events("not_confirmed")] == [lucky]
+    better = _breed(evolution, [result(val=2.80)])[0]
+    reeval = evolution.next_evaluation()
+    finish(evolution, reeval, result(val=2.82))
+    assert evolution.incumbent == better
+    assert [e["genome_id"] for e in evolution.journal.events("new_best")] == [better]
+
+
+def test_evo_status_lists_flagged_genomes_and_export_refuses_them_without_allow_flagged(tmp_path, evo_cli, capsys):
+    from evo.cli import main
+
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution)
+    (flagged,) = _breed(evolution, [result("flagged", val=0.5, reason="canary")])
+    evolution.journal.close()
+
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert f"flagged: {flagged}: canary" in capsys.readouterr().out
+
+    proc = evo_cli("export", tmp_path / "run", "--genome", flagged[:8], cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "flagged" in proc.stderr and "--allow-flagged" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "export").exists()
+    db = sqlite3.connect(tmp_path / "run" / JOURNAL_NAME)
+    assert db.execute("SELECT COUNT(*) FROM evaluations WHERE purpose = 'export'").fetchone()[0] == 0
+
+
+def test_the_export_lineage_follows_first_parents_with_their_diffs_even_before_the_noise_floor(tmp_path):
+    from evo.export import lineage, lineage_markdown
+
+    evolution = synthetic_run(tmp_path / "run")
+    finish(evolution, evolution.next_evaluation(), result(val=3.0))
+    assert evolution.floor is None  # one of two noise evaluations done
+    seed_id = evolution.seed_ids[0]
+    child = Genome(source=EVO_TINY.read_text().replace("WIDTH = 16", "WIDTH = 32"), parents=(seed_id,),
+                   operator="knob_mutation", rationale="WIDTH 16 -> 32")
+    grandchild = Genome(source=child.source.replace("SEQ_LEN = 64", "SEQ_LEN = 32"), parents=(child.id, seed_id),
+                        operator="knob_crossover", rationale="SEQ_LEN from the other parent")
+    evolution.journal.add_genome(child)
+    evolution.journal.add_genome(grandchild)
+    chain = lineage(evolution.journal, grandchild.id)
+    assert chain == [seed_id, child.id, grandchild.id]
+    text = lineage_markdown(evolution, chain, {"status": "ok", "test_bpb": 3.1}, None)
+    assert f"# Lineage of {grandchild.id}" in text
+    assert "Noise floor: not measured yet." in text and "3.1000 bpb" in text
+    assert f"## 0. `{seed_id}` (seed)" in text and f"## 2. `{grandchild.id}` (knob_crossover)" in text
+    assert "-WIDTH = 16" in text and "+WIDTH = 32" in text and "+SEQ_LEN = 32" in text
+    assert "FLAGGED" not in text
+    assert "FLAGGED: canary" in lineage_markdown(evolution, chain, {"status": "ok"}, "canary")
+
+
+# ---------------------------------------------------------------- end to end: evo run --preset smoke
+SMOKE_EVALS = 5   # fewer than the preset's 8, to keep the suite short; still >= population_size (4)
+SMOKE_BUDGET = 10  # seconds; evo_steps stops after its fixed steps (~1-5 s), so the budget costs no time
+# Startup (importing torch) runs on the slot's kill clock; on a loaded 2-core machine it alone can take
+# 6+ s, so a generous grace keeps the default max(10 s, 20%) from killing healthy slots. Fewer tokens
+# scored than the preset's 8192 keep each slot short.
+SMOKE_TOML = "[slots]\ngrace_s = 60.0\neval_tokens = 2048\n"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, evo_cli, evo_steps, small_source):
+    root = tmp_path_factory.mktemp("smoke")
+    run_dir = root / "run"
+    (root / "grace.toml").write_text(SMOKE_TOML)
+    proc = evo_cli("run", "--preset", "smoke", "--config", root / "grace.toml", "--genome", evo_steps,
+                   "--data", small_source, "--budget", SMOKE_BUDGET, "--evals", SMOKE_EVALS, "--hours", 0, "--seed", 1,
+                   "--out", run_dir, cwd=root, timeout=500)
+    return root, run_dir, proc
+
+
+@pytest.mark.slow
+def test_a_smoke_run_exits_0_and_journals_every_evaluation_with_status_and_scores(smoke_run):
+    _, run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert re.search(rf"^evaluations:\s+{SMOKE_EVALS}$", proc.stdout, re.M), proc.stdout
+    db = sqlite3.connect(run_dir / JOURNAL_NAME)
+    db.row_factory = sqlite3.Row
+    done = db.execute("SELECT * FROM evaluations WHERE state = 'done' AND purpose != 'export' "
+                      "ORDER BY done_seq").fetchall()
+    assert len(done) == SMOKE_EVALS
+    assert [r["done_seq"] for r in done] == list(range(1, SMOKE_EVALS + 1))
+    assert [r["purpose"] for r in done[:2]] == ["noise", "noise"]
+    assert {r["purpose"] for r in done} <= {"noise", "child", "reeval"}
+    assert db.execute("SELECT COUNT(*) FROM evaluations WHERE state = 'running'").fetchone()[0] == 0
+    noise_repeats = cfg.PRESETS["smoke"]["noise_repeats"]
+    for r in done:
+        assert r["status"] in ("ok", "failed", "flagged"), dict(r)
+        assert json.loads(r["result"])["status"] == r["status"]
+        if r["status"] == "ok":
+            assert math.isfinite(r["val_bpb"]) and math.isfinite(r["heldout_bpb"]), dict(r)
+        else:
+            assert r["reason"], dict(r)
+        if r["done_seq"] < noise_repeats:  # scored once the last noise evaluation fixes the floor
+            assert r["fitness"] is None and r["answer"] is None, dict(r)
+        elif r["status"] == "ok":
+            assert math.isfinite(r["fitness"]) and r["penalty"] >= 0 and r["answer"] is not None, dict(r)
+            assert r["revealed"] in (0, 1), dict(r)
+    assert sum(r["status"] == "ok" for r in done[:2]) == 2, "the seed must train and score"
+    assert any(r["purpose"] == "child" for r in done)
+    # the run's resolved config is written next to the journal and reads back the same
+    saved = json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    config = cfg.resolve(cfg.read_toml(run_dir / "run.toml"))
+    assert dataclasses.asdict(config) == {**saved, "genomes": tuple(saved["genomes"])}
+    assert (config.preset, config.budget_s, config.evals, config.grace_s) == ("smoke", SMOKE_BUDGET, SMOKE_EVALS, 60)
+    kinds = [k for (k,) in db.execute("SELECT kind FROM events ORDER BY id")]
+    assert "noise_floor" in kinds and kinds[-1] == "session_end"
+
+
+@pytest.mark.slow
+def test_a_smoke_run_writes_tensorboard_scalars_readable_by_tensorboard(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"eval/val_bpb", "eval/heldout_answer", "eval/penalty", "eval/fitness", "run/best_val_bpb",
+                "run/noise_floor", "run/slot_utilization"}
+    assert expected <= tags, f"missing {expected - tags}"
+    assert {"population/mean_fitness", "population/median_fitness"} <= tags  # evals >= population_size
+
+    db = sqlite3.connect(run_dir / JOURNAL_NAME)
+    journal_vals = dict(db.execute("SELECT done_seq, val_bpb FROM evaluations WHERE status = 'ok' "
+                                   "AND purpose != 'export'").fetchall())
+    logged = {e.step: e.value for e in acc.Scalars("eval/val_bpb")}
+    assert logged.keys() == journal_vals.keys()  # step = completion number
+    for step, value in logged.items():
+        assert value == pytest.approx(journal_vals[step], rel=1e-6)
+    floor = json.loads(db.execute("SELECT data FROM events WHERE kind = 'noise_floor'").fetchone()[0])["floor"]
+    assert acc.Scalars("run/noise_floor")[-1].value == pytest.approx(floor, rel=1e-6)
+    assert all(0 <= e.value <= 1.05 for e in acc.Scalars("run/slot_utilization"))
+
+
+@pytest.mark.slow
+def test_evo_status_and_evo_show_describe_the_run(smoke_run, evo_cli):
+    root, run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    db = sqlite3.connect(run_dir / JOURNAL_NAME)
+    seed_id = json.loads(db.execute("SELECT value FROM meta WHERE key = 'seeds'").fetchone()[0])[0]
+    child_id, operator, rationale = db.execute(
+        "SELECT g.id, g.operator, g.rationale FROM genomes g JOIN evaluations e ON e.genome_id = g.id "
+        "WHERE e.purpose = 'child' ORDER BY e.id LIMIT 1").fetchone()
+
+    status = evo_cli("status", run_dir, cwd=root)
+    assert status.returncode == 0, status.stderr
+    assert seed_id in status.stdout
+    assert f"evaluations: {SMOKE_EVALS} done of {SMOKE_EVALS}, 0 running" in status.stdout
+    assert "noise floor:" in status.stdout and "Thresholdout:" in status.stdout
+
+    show = evo_cli("show", run_dir, child_id[:7], cwd=root)
+    assert show.returncode == 0, show.stderr
+    assert f"genome:    {child_id}" in show.stdout
+    assert f"operator:  {operator}" in show.stdout
+    assert f"parents:   {seed_id}" in show.stdout
+    assert f"--- {seed_id}" in show.stdout and f"+++ {child_id}" in show.stdout
+    knob = rationale.split()[0]  # e.g. "WIDTH 16 -> 32": the diff moves exactly that knob
+    assert re.search(rf"^\+{knob} = ", show.stdout, re.M) and re.search(rf"^-{knob} = ", show.stdout, re.M)
+
+
+@pytest.mark.slow
+def test_evo_show_of_the_seed_has_no_parent_and_of_an_unknown_id_is_a_user_error(smoke_run, capsys):
+    from evo.cli import main
+
+    _, run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    db = sqlite3.connect(run_dir / JOURNAL_NAME)
+    seed_id = json.loads(db.execute("SELECT value FROM meta WHERE key = 'seeds'").fetchone()[0])[0]
+    assert main(["show", str(run_dir), seed_id]) == 0
+    out = capsys.readouterr().out
+    assert "parents:   -" in out and "fitness:" in out and "---" not in out
+    assert main(["show", str(run_dir), "zzzz"]) == 2
+    assert "matches 0 genomes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evo_export_writes_script_and_lineage_and_evo_eval_reproduces_the_journal_score(smoke_run, evo_cli,
+                                                                                        small_source):
+    root, run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    export = evo_cli("export", run_dir, cwd=root)
+    assert export.returncode == 0, export.stdout + export.stderr
+    fields = dict(re.findall(r"^([a-z_ ]+):\s+(.+)$", export.stdout, re.M))
+    gid = fields["genome"].split()[0]
+    assert math.isfinite(float(fields["test_bpb"])), export.stdout
+    script, lineage = Path(fields["script"]), Path(fields["lineage"])
+    assert script == run_dir / "export" / f"{gid}.py" and script.is_file() and lineage.is_file()
+    assert Genome(source=script.read_text()).id == gid  # the exported script is the genome's program
+    text = lineage.read_text()
+    assert f"# Lineage of {gid}" in text and "Test split" in text
+
+    db = sqlite3.connect(run_dir / JOURNAL_NAME)
+    row = db.execute("SELECT state, status, test_bpb FROM evaluations WHERE purpose = 'export'").fetchone()
+    assert row[0] == "done" and row[2] == pytest.approx(float(fields["test_bpb"]), abs=1e-4)
+    assert db.execute("SELECT COUNT(*) FROM evaluations WHERE state = 'done' AND purpose != 'export'"
+                      ).fetchone()[0] == SMOKE_EVALS  # the export is not an evaluation of the run
+    vals = [v for (v,) in db.execute("SELECT val_bpb FROM evaluations WHERE genome_id = ? AND status = 'ok' "
+                                     "AND purpose != 'export'", (gid,))]
+    floor = json.loads(db.execute("SELECT data FROM events WHERE kind = 'noise_floor'").fetchone()[0])["floor"]
+
+    for attempt in range(2):  # `evo eval` has the default grace (10 s): one retry if a loaded machine ran it out
+        ev = evo_cli("eval", script, "--budget", SMOKE_BUDGET, "--data", small_source, "--device", "cpu",
+                     "--out", root / f"eval-export-{attempt}", cwd=root)
+        if not re.search(r"^reason:\s+timeout", ev.stdout, re.M):
+            break
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    val = float(re.search(r"^val_bpb:\s+(\S+)", ev.stdout, re.M).group(1))
+    assert abs(val - statistics.fmean(vals)) <= max(4 * floor, 0.5), (val, vals, floor)
