@@ -27,7 +27,12 @@ def open_run(run_dir: str | Path, resume: bool = False, overrides: dict | None =
         raise UserError(f"{run_dir} is not a run directory (no {JOURNAL_NAME}); `evo run` creates one")
     journal = Journal(run_dir / JOURNAL_NAME)
     saved = journal.get_meta("config")
-    config = cfg.RunConfig(**{**saved, "genomes": tuple(saved["genomes"]), **(overrides or {})})
+    if saved is None:
+        raise UserError(f"{run_dir} holds a journal but no run (it was killed while being created); "
+                        "delete it and start again with `evo run`")
+    known = {f.name for f in dataclasses.fields(cfg.RunConfig)}
+    config = cfg.RunConfig(**{**{k: v for k, v in saved.items() if k in known}, "genomes": tuple(saved["genomes"]),
+                              **(overrides or {})})
     if resume:
         journal.event("resumed", requeued=journal.requeue_running())
     evolution = Evolution(run_dir, config, journal, journal.get_meta("dataset"), quiet=quiet, operators=resume)
@@ -58,10 +63,6 @@ def _llm_settings(config: cfg.RunConfig, args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from evo.evolve import Evolution, harness_seed
-    from evo.slots import SlotPool
-    from gpt.data import prepare
-
     config = cfg.resolve(cfg.read_toml(args.config) if args.config else {}, _overrides(args))
     config = dataclasses.replace(config, llm=_llm_settings(config, args))
     seeds = []
@@ -69,19 +70,23 @@ def cmd_run(args) -> int:
         if not Path(path).is_file():
             raise UserError(f"seed genome {path} does not exist; give a training script with --genome PATH")
         seeds.append(Genome(source=Path(path).read_text(), operator="seed", rationale=f"seed genome {path}"))
-    pool = SlotPool.create(config.device, config.slots, config.dask_scheduler)
-    dataset = prepare(config.data, tokenizer=config.tokenizer)
     run_dir = Path(config.out or Path("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.preset}")
     if (run_dir / JOURNAL_NAME).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with `evo resume {run_dir}` or pick --out")
+
+    # the config is valid: now the heavy imports, the slots and the dataset
+    from evo.evolve import Evolution, harness_seed
+    from evo.slots import SlotPool
+    from gpt.data import prepare
+
+    pool = SlotPool.create(config.device, config.slots, config.dask_scheduler)
+    dataset = prepare(config.data, tokenizer=config.tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.toml").write_text(config.to_toml())
     journal = Journal(run_dir / JOURNAL_NAME)
-    journal.set_meta("config", dataclasses.asdict(config))
-    journal.set_meta("dataset", str(dataset.path))
-    journal.set_meta("seeds", [g.id for g in seeds])
-    for genome in seeds:
-        journal.add_genome(genome, "noise", [harness_seed(config.seed, genome.id, k) for k in range(config.noise_repeats)])
+    journal.start_run({"config": dataclasses.asdict(config), "dataset": str(dataset.path),
+                       "seeds": [g.id for g in seeds]},
+                      [(g, [harness_seed(config.seed, g.id, k) for k in range(config.noise_repeats)]) for g in seeds])
     print(f"run directory: {run_dir}", file=sys.stderr)
     print(f"slots: {', '.join(s.name for s in pool.slots)}; budget {config.budget_s:g} s; "
           f"evaluations {config.evals or 'unlimited'}; TensorBoard: tensorboard --logdir {run_dir.parent}", file=sys.stderr)
@@ -92,7 +97,8 @@ def cmd_run(args) -> int:
 def cmd_resume(args) -> int:
     from evo.slots import SlotPool
 
-    overrides = {k: v for k, v in {"evals": args.evals, "hours": args.hours}.items() if v is not None}
+    overrides = {k: cfg.check_value(k, v) for k, v in {"evals": args.evals, "hours": args.hours}.items()
+                 if v is not None}
     evolution = open_run(args.run_dir, resume=True, overrides=overrides, quiet=args.quiet)
     done = evolution.journal.count("state = 'done' AND purpose != 'export'")
     print(f"resuming {args.run_dir}: {done} evaluations done", file=sys.stderr)

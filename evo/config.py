@@ -1,7 +1,7 @@
 """Run configuration: one schema, presets, a TOML file, then command-line flags.
 
 Every key has a default and a one-line comment in `SCHEMA`; `examples/run.toml` is
-generated from it (`evo config --example`), so the documented example cannot drift.
+generated from it (`evo config > examples/run.toml`), so the documented example cannot drift.
 An unknown key, a wrong type or an impossible value is a `UserError` naming the key.
 """
 from __future__ import annotations
@@ -134,6 +134,13 @@ def _check(key: Key, value, where: str):
     if key.name == "genomes" and not value:
         raise UserError(f"{where}: give at least one seed genome")
     return value
+
+
+def check_value(name: str, value):
+    """Validate one key's value (for overrides applied outside `resolve`, e.g. `evo resume --evals`)."""
+    if name not in KEYS:
+        raise UserError(f"unknown config key {name!r}")
+    return _check(KEYS[name], value, f"{KEYS[name].section}.{name}")
 
 
 def read_toml(path: str | Path) -> dict:

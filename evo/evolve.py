@@ -98,6 +98,7 @@ class Evolution:
         self.incumbent: str | None = None
         self.seed_ids: list[str] = journal.get_meta("seeds", [])
         self.pending: list[tuple] = []  # child results that arrived before the noise floor was known
+        self.seed_failure: str | None = None
         self.tb: TensorBoardLog | None = None
         self._child_index: int | None = None
         # operators=False (status, show, export): no LLM client, no API key needed
@@ -178,10 +179,11 @@ class Evolution:
         # a flagged seed is never the best nor a parent (with no member left, `propose` falls back to the seed)
         seeds_ok = [s for s in self.seed_ids if self.records.get(s) and self.records[s].vals
                     and not self.records[s].flagged]
-        if not seeds_ok:
+        if not seeds_ok:  # the loop stops on this; status and show can still read the run
             reasons = {s: self.records[s].flagged or self.records[s].failed for s in self.seed_ids if s in self.records}
-            raise UserError(f"every seed genome failed or was flagged ({reasons}); run `evo eval` on the seed "
-                            "to see its stderr and fix it before evolving it")
+            self.seed_failure = (f"every seed genome failed or was flagged ({reasons}); run `evo eval` on the "
+                                 "seed to see its stderr and fix it before evolving it")
+            return []
         deviations = [v - self.records[s].mean for s in seeds_ok for v in self.records[s].vals]
         self.floor = fit.noise_floor(deviations, self.config.min_noise_floor)
         self.offset = statistics.fmean(h - v for s in seeds_ok
@@ -201,7 +203,9 @@ class Evolution:
     def _score(self, gid: str) -> dict:
         """Fitness of a genome from the mean of its evaluations, the Thresholdout answer and the penalty."""
         rec = self.records[gid]
-        if rec.flagged or not rec.vals:
+        # a child that failed once (say its re-evaluation timed out) is not trusted; a seed's failed noise
+        # evaluation only leaves it fewer samples
+        if rec.flagged or not rec.vals or (rec.failed and gid not in self.seed_ids):
             rec.fitness = fit.WORST_FITNESS
             self._remove_member(gid)
             return {"fitness": None}
@@ -396,6 +400,8 @@ class Evolution:
                     result = future.result()
                     busy_seconds += result.get("slot_seconds") or 0.0
                     self._finish(row, result, busy_seconds / (len(pool.slots) * max(time.time() - start, 1e-9)))
+                    if self.seed_failure:
+                        raise UserError(self.seed_failure)
         except KeyboardInterrupt:
             stopping_reason = "interrupted (Ctrl-C): running slots killed; `evo resume` continues"
             runner.kill_all_slots()

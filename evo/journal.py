@@ -93,6 +93,20 @@ class Journal:
             ids = [self._queue(genome.id, purpose, seed) for seed in seeds] if purpose else []
             return ids[0] if ids else 0
 
+    def start_run(self, meta: dict, seeds: list[tuple[Genome, list[int]]]) -> None:
+        """A new run in one transaction: its metadata, its seed genomes and their noise evaluations,
+        so a run directory is either usable by `evo resume` or empty."""
+        with self._tx():
+            for key, value in meta.items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            for genome, harness_seeds in seeds:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO genomes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (genome.id, genome.source, json.dumps(list(genome.parents)), genome.operator, genome.rationale,
+                     genome.created, genome.length))
+                for seed in harness_seeds:
+                    self._queue(genome.id, "noise", seed)
+
     def has_genome(self, genome_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM genomes WHERE id = ?", (genome_id,)).fetchone() is not None
 
