@@ -236,15 +236,16 @@ class Evolution:
         self.population = [m for m in self.population if m.genome_id != gid]
 
     def _judge(self, gid: str) -> list:
-        """Noise-aware improvement: beat the incumbent by more than the floor, once more with a fresh seed."""
+        """Noise-aware improvement: a child that beats the incumbent by more than the floor is a candidate
+        and is re-evaluated with a fresh seed; it is crowned when its mean still beats the incumbent's by
+        more than the floor and by two standard errors of the difference of the two means."""
         rec, best = self.records[gid], self.records[self.incumbent]
         if gid == self.incumbent or rec.flagged or not rec.vals:
             return []
-        better = -rec.fitness < -best.fitness - self.floor
         if len(rec.vals) == 1:
-            rec.candidate = better
-            return [("reeval", gid)] if better else []
-        if better:
+            rec.candidate = fit.is_improvement(-rec.fitness, -best.fitness, self.floor)
+            return [("reeval", gid)] if rec.candidate else []
+        if fit.is_improvement(-rec.fitness, -best.fitness, self.floor, len(rec.vals), len(best.vals)):
             self.incumbent = gid
             return [("new_best", gid)]
         if rec.candidate:

@@ -34,9 +34,18 @@ def noise_floor(val_bpbs: list[float], minimum: float = 0.0) -> float:
     return max(statistics.stdev(val_bpbs), minimum)
 
 
-def is_improvement(candidate_mean: float, incumbent_mean: float, floor: float) -> bool:
-    """Better than the incumbent by more than the noise floor (lower bpb is better)."""
-    return candidate_mean < incumbent_mean - floor
+CONFIRM_SIGMAS = 2.0
+
+
+def is_improvement(candidate_mean: float, incumbent_mean: float, floor: float,
+                   n_candidate: int = 1, n_incumbent: int | None = None) -> bool:
+    """Better than the incumbent (lower bpb) by more than the noise floor, and, given the number of
+    evaluations behind each mean, by more than CONFIRM_SIGMAS standard errors of their difference
+    (floor * sqrt(1/n_candidate + 1/n_incumbent)). Without counts: the floor alone."""
+    margin = floor
+    if n_incumbent:
+        margin = max(floor, CONFIRM_SIGMAS * floor * (1 / n_candidate + 1 / n_incumbent) ** 0.5)
+    return candidate_mean < incumbent_mean - margin
 
 
 @dataclass

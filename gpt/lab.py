@@ -112,8 +112,6 @@ class Run:
     def submit(self, model: torch.nn.Module) -> Path:
         """Export the model with torch.export and hand it to the harness for scoring."""
         submitted_at = time.monotonic()
-        if getattr(self, "_prefetch", None) is not None:
-            self._prefetch.join()
         out = Path(self._spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         try:
@@ -190,30 +188,26 @@ def _score_standalone(spec: SlotSpec) -> None:
 
 EXPORT_MODULES = ("torch._dynamo", "torch.export", "torch._export.non_strict_utils", "torch._functorch.aot_autograd",
                   "torch.fx.experimental.symbolic_shapes")
+_RUN: Run | None = None
 
 
-def _prefetch_export_modules() -> "threading.Thread":
-    """Import torch.export's machinery in the background while the genome trains: the first
-    export otherwise spends over a second importing it after the budget has run out.
-    `submit` joins the thread first: a process must not exit while it is mid-import."""
+def _import_export_modules() -> None:
+    """Import torch.export's machinery before the clock starts, so the first export does not
+    spend a second or more importing it after the budget has run out. (Not in a background
+    thread: that races a torch.compile in the genome and steals the GIL from its first steps.)"""
     import importlib
-    import threading
 
-    def work():
-        for name in EXPORT_MODULES:
-            try:
-                importlib.import_module(name)
-            except Exception:  # only a prefetch: submit() imports for real
-                return
-
-    thread = threading.Thread(target=work, name="evo-export-prefetch", daemon=True)
-    thread.start()
-    return thread
+    for name in EXPORT_MODULES:
+        importlib.import_module(name)
 
 
 def connect() -> Run:
-    """Read the slot spec the harness gives; without one, start a local default run."""
-    path = os.environ.get(SPEC_ENV)
-    run = Run(SlotSpec.read(path) if path else _standalone_spec())
-    run._prefetch = _prefetch_export_modules()
-    return run
+    """Read the slot spec the harness gives; without one, start a local default run.
+    There is one run per process: a second call returns the same run and the same clock."""
+    global _RUN
+    if _RUN is None:
+        path = os.environ.get(SPEC_ENV)
+        spec = SlotSpec.read(path) if path else _standalone_spec()
+        _import_export_modules()
+        _RUN = Run(spec)
+    return _RUN

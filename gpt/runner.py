@@ -346,8 +346,9 @@ def run_slot(job: SlotJob) -> dict:
             lab_timings = {k: float(lab_timings[k]) for k in ("train_s", "export_s", "overrun_s")}
         except (ValueError, TypeError, KeyError, AttributeError):
             lab_timings = {}
-    if result.get("status") in ("ok", "flagged") and lab_timings:
-        _budget_probe(result, lab_timings["overrun_s"], job.budget_s)
+    if result.get("status") == "ok" or (result.get("status") == "flagged" and result.get("reason") != "artifact_link"):
+        # an artifact without submit()'s timings was written around the harness clock: flag it
+        _budget_probe(result, lab_timings.get("overrun_s"), job.budget_s)
     result.update(
         budget_s=job.budget_s, seed=job.seed, device=job.device, returncode=ran["returncode"],
         train_seconds=ran["train_seconds"], slot_seconds=time.monotonic() - slot_start,
@@ -367,9 +368,10 @@ def budget_tolerance(budget_s: float) -> float:
     return max(2.0, 0.05 * budget_s)
 
 
-def _budget_probe(result: dict, overrun_s: float, budget_s: float) -> None:
-    """Flag a genome that kept training after time_left() reached zero (inside the kill grace)."""
-    passed = overrun_s <= budget_tolerance(budget_s)
+def _budget_probe(result: dict, overrun_s: float | None, budget_s: float) -> None:
+    """Flag a genome that kept training after time_left() reached zero (inside the kill grace), or
+    whose artifact did not come through run.submit() (no timings: the clock cannot vouch for it)."""
+    passed = overrun_s is not None and overrun_s <= budget_tolerance(budget_s)
     result.setdefault("probes", {})["budget"] = {"pass": passed, "overrun_s": overrun_s,
                                                  "tolerance_s": budget_tolerance(budget_s)}
     result["budget"] = "pass" if passed else "fail"

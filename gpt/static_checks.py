@@ -284,6 +284,13 @@ class _Checker(ast.NodeVisitor):
                 self.add("monkeypatch", target, f"assigns {qn}: the harness's clock and API are not the genome's to patch")
             elif isinstance(target.value, ast.Name) and target.value.id in self.runs:
                 self.add("monkeypatch", target, f"assigns {target.value.id}.{target.attr} on the Run object")
+        elif isinstance(target, ast.Subscript):
+            # `time.__dict__["monotonic"] = ...` or `vars(time)[...] = ...`: patching through a namespace dict
+            base = target.value
+            through_dict = isinstance(base, ast.Attribute) and base.attr == "__dict__"
+            through_vars = isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "vars"
+            if through_dict or through_vars:
+                self.add("monkeypatch", target, "assigns into a namespace's __dict__ / vars(): patching by another name")
 
     def visit_Assign(self, node: ast.Assign) -> None:
         for t in node.targets:

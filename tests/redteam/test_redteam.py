@@ -443,8 +443,6 @@ def test_r08_monkeypatching_time_monotonic_is_rejected_by_the_monkeypatch_rule(s
     assert_rejected_without_a_process(result, tmp_path / "slot", "monkeypatch")
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the monkeypatch rule looks at attribute assignment only; "
-                                       "an assignment through the module's __dict__ gets no finding at all")
 def test_r08_patching_the_clock_through_the_module_dict_is_rejected_too():
     source = (RED / "r08_patch_clock.py").read_text()
     patched = source.replace("time.monotonic = lambda:", 'time.__dict__["monotonic"] = lambda:')
@@ -483,13 +481,12 @@ def test_r08_training_on_inside_the_kill_grace_is_flagged_budget(small_dataset, 
     assert probe["overrun_s"] > probe["tolerance_s"] == budget_tolerance(2.0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a genome that saves model.pt2 itself (no run.submit, so no "
-                                       "lab_timings.json) skips the budget probe in gpt/runner.py (docs/integrity.md)")
 def test_r08_exporting_without_run_submit_after_training_past_the_clock_is_flagged_budget(small_dataset, tmp_path):
     assert check_source((RED / "r08_self_export.py").read_text()) == []
     result, stdout = slot(RED / "r08_self_export.py", small_dataset, tmp_path / "slot", budget_s=2.0)
     assert "time_left at export: -3" in stdout  # it trained 3 s past its clock
-    assert result["status"] != "ok", result
+    # an artifact that did not come through run.submit() has no timings the clock can vouch for
+    assert result["status"] == "flagged" and "budget" in reasons(result), result
 
 
 @pytest.fixture(scope="module")
@@ -500,25 +497,15 @@ def reconnect(small_dataset, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_r08_work_before_a_reconnect_comes_out_of_the_budget_once_past_the_startup_allowance(reconnect):
+def test_r08_a_second_connect_returns_the_same_run_and_clock_so_reconnecting_buys_no_time(reconnect):
     result, r = reconnect
     print(f"reconnect trick: {r['pre_steps']} steps before the last connect ({r['pre_seconds']} s), "
-          f"{r['post_steps']} after; fresh-run time_left {r['first_probes']} ... {r['last_probes']}; "
-          f"startup_seconds as the harness sees it {result['startup_seconds']:.1f}")
-    assert r["first_probes"][0] == pytest.approx(r["budget_s"], abs=0.05)  # inside the allowance: full budget
-    assert r["last_probes"][-1] < 0.9 * r["budget_s"]  # past it: the budget shrinks
-    # bounded: all its training fits in the allowance plus the budget (plus start and export)
-    assert r["pre_seconds"] <= STARTUP_ALLOWANCE_S + 0.5
-    assert result["train_seconds"] <= STARTUP_ALLOWANCE_S + r["budget_s"] + 6
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: a second lab.connect() restarts the clock, so up to "
-                                       "STARTUP_ALLOWANCE_S minus the real startup becomes free training")
-def test_r08_a_genome_that_trains_between_two_connects_is_flagged_or_gets_no_extra_time(reconnect):
-    result, r = reconnect
-    assert r["pre_steps"] > 0
-    assert result["status"] == "flagged" and "budget" in reasons(result)
+          f"{r['post_steps']} after; time_left probes {r['first_probes']} ... {r['last_probes']}")
+    probes = r["first_probes"] + r["last_probes"]
+    assert probes[0] <= r["budget_s"]  # one clock: no probe ever sees a fresh budget again
+    assert all(b <= a for a, b in zip(r["first_probes"], r["first_probes"][1:]))
+    assert r["pre_seconds"] <= r["budget_s"] + 0.5  # all its training fits the one budget
+    assert result["status"] == "ok" and result["probes"]["budget"]["pass"], result
 
 
 # ================================================================= row 9: copying weights or answers
@@ -556,9 +543,9 @@ def test_r09_a_symlink_to_another_genomes_artifact_is_flagged_artifact_link(smal
     assert "val_bpb" not in result  # nothing was scored
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the weak levels: sandbox 'none' (and 'netns') has no "
-                                       "file-system isolation, a plain copy of another slot's artifact is scored")
 def test_r09_under_sandbox_none_a_copied_artifact_is_not_scored_as_its_own(small_dataset, donor):
+    """Sandbox 'none' cannot stop the copy (no file-system isolation), but a copied artifact did not
+    come through run.submit(): no clock timings, so the budget probe flags it."""
     root, donor_result = donor
     out = root / "evals" / "00004-1"
     result, stdout = slot(RED / "r09_borrow_artifact.py", small_dataset, out, sandbox="none")
@@ -566,7 +553,7 @@ def test_r09_under_sandbox_none_a_copied_artifact_is_not_scored_as_its_own(small
     assert borrowed, "the copy failed: nothing to document"
     print(f"borrowed {borrowed}: scored {result['status']} val {result.get('val_bpb')} "
           f"(the donor's val {donor_result['val_bpb']})")
-    assert result["status"] != "ok", "another slot's artifact was scored as this genome's own"
+    assert result["status"] == "flagged" and "budget" in reasons(result), result
 
 
 # ================================================================= row 10: editing the tests or the scoring code
@@ -753,9 +740,7 @@ def test_escape_lingering_is_rejected_by_the_process_rule(small_dataset, tmp_pat
     assert_rejected_without_a_process(result, tmp_path / "slot", "process")
 
 
-# ================================================================= a harness bug found on the way
-@pytest.mark.xfail(strict=False, reason="bug (racy): lab.connect()'s background import of torch._dynamo/"
-                                        "torch.export races a torch.compile in the main thread (docs/integrity.md)")
+# ================================================================= a harness bug found on the way (fixed)
 def test_bug_an_honest_genome_that_calls_torch_compile_right_after_connect_scores_ok(small_dataset, tmp_path):
     result, _ = slot(RED / "bug_compile_after_connect.py", small_dataset, tmp_path / "slot")
     assert result["status"] == "ok", result.get("stderr_tail", "")[-600:]
