@@ -59,7 +59,7 @@ def cmd_eval(args) -> int:
     device = args.device or default_device()
     print(f"evaluating {genome} for {args.budget:g} s on {device} -> {out}", file=sys.stderr)
     result = run_slot(SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=args.budget,
-                              seed=args.seed, device=device, test=args.test,
+                              seed=args.seed, device=device, test=args.test, grace_s=args.grace,
                               threads=(os.cpu_count() or 1) if device == "cpu" else 0))
     print_summary(result)
     if result["status"] == "failed" and result.get("stderr_tail"):
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="harness seed for this slot")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--test", action="store_true", help="also score the test split (for exports only)")
+    p.add_argument("--grace", type=float, help="seconds past the budget before the hard kill "
+                                               "(default max(20, 20%% of the budget))")
     p.set_defaults(func=cmd_eval)
 
     from evo import commands
