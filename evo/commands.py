@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import sys
 import time
 from pathlib import Path
 
 from evo import config as cfg
-from evo.genome import Genome
+from evo.genome import Genome, diff_text
 from evo.journal import Journal
 from gpt.errors import UserError
 
@@ -159,10 +157,6 @@ def cmd_status(args) -> int:
         console.print(f"LLM: {llm['calls']} calls, {llm['prompt_tokens']} prompt + {llm['completion_tokens']} "
                       f"completion tokens, ${llm['cost_usd']:.4f}")
     return 0
-
-
-def diff_text(a: str, b: str, a_name: str = "parent", b_name: str = "child") -> str:
-    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), a_name, b_name))
 
 
 def cmd_show(args) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,11 @@ def normalized_source(source: str) -> str:
         return ast.dump(ast.parse(source), include_attributes=False)
     except SyntaxError:
         return "\n".join(line.rstrip() for line in source.strip().splitlines())
+
+
+def diff_text(a: str, b: str, a_name: str = "parent", b_name: str = "child") -> str:
+    """Unified diff between two scripts (shown by `evo show`, TensorBoard and lineage)."""
+    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), a_name, b_name))
 
 
 def genome_id(source: str) -> str:

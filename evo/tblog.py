@@ -1,9 +1,10 @@
 """TensorBoard event files for a run (RUN_DIR/tb/): one writer, named scalars, text for new bests."""
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
+
+from evo.genome import diff_text
 
 
 class TensorBoardLog:
@@ -40,8 +41,7 @@ class TensorBoardLog:
         self.writer.flush()
 
     def new_best(self, step: int, genome_id: str, val_bpb: float, parent_source: str | None, source: str) -> None:
-        diff = "".join(difflib.unified_diff((parent_source or "").splitlines(True), source.splitlines(True),
-                                            "parent", genome_id))
+        diff = diff_text(parent_source or "", source, "parent", genome_id)
         self.text("best", f"new best {genome_id}: val_bpb {val_bpb:.4f}\n\n{diff}", step)
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -168,7 +169,7 @@ def graph_mutations(program) -> list[str]:
 def score(request: dict) -> dict:
     """Score one artifact. Returns status, bpb per split and probe results."""
     start = time.monotonic()
-    dataset = Dataset(__import__("pathlib").Path(request["dataset"]))
+    dataset = Dataset(Path(request["dataset"]))
     device = request.get("device", "cpu")
     seq_len = int(request.get("seq_len", 256))
     n_tokens = int(request.get("eval_tokens", DEFAULT_EVAL_TOKENS))

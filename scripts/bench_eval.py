@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -44,8 +45,10 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 60])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    print(f"machine: {platform.node()} {platform.machine()}, {__import__('os').cpu_count()} cores, "
-          f"python {platform.python_version()}, torch {__import__('torch').__version__}", file=sys.stderr)
+    import torch
+
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, torch {torch.__version__}", file=sys.stderr)
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
         for budget in args.budgets:
