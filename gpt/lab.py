@@ -10,15 +10,19 @@
 
 The harness owns the data, the seed, the clock and the scoring. A slot spec names the
 train split only: the genome never learns where the evaluation splits live.
+
+Everything here runs inside the genome's process and is untrusted: a genome can patch any
+of it. So nothing this module measures is believed. `connect()` and `submit()` only *tell*
+the runner (one word on a pipe the runner owns); the runner timestamps those words itself,
+and `time_left()` is a courtesy copy of the runner's deadline. The artifact `submit()`
+writes is data (gpt.artifact), checked by the harness before anything reads it.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt import artifact
+
 SPEC_ENV = "EVO_SLOT_SPEC"
-ARTIFACT_NAME = "model.pt2"
+CLOCK_FD_ENV = "EVO_CLOCK_FD"  # the write end of the runner's clock pipe
 EXPORT_ERROR_NAME = "export_error.txt"
-TIMINGS_NAME = "lab_timings.json"
 STANDALONE_BUDGET_S = 30.0
 # Interpreter start and imports before connect() are free up to this much; beyond it the time
 # comes out of the budget (work done before connect is training outside the clock otherwise).
@@ -53,7 +58,6 @@ class SlotSpec:
     out_dir: str
     eval_seq_len: int = DEFAULT_EVAL_SEQ_LEN
     threads: int = 0
-    standalone: bool = False
     spawned_at: float = 0.0  # wall clock when the harness started the process (0: unknown)
 
     @classmethod
@@ -111,23 +115,18 @@ class Run:
 
     def submit(self, model: torch.nn.Module) -> Path:
         """Export the model with torch.export and hand it to the harness for scoring."""
-        submitted_at = time.monotonic()
+        tell_harness("submit")  # the runner's clock stops here; the export must follow promptly
         out = Path(self._spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         try:
             program = export_model(model, self._spec.eval_seq_len, self._spec.device)
+            artifact.save(program, out)
         except ExportError as exc:
             (out / EXPORT_ERROR_NAME).write_text(str(exc))
             raise
-        torch.export.save(program, str(out / ARTIFACT_NAME))
-        (out / TIMINGS_NAME).write_text(json.dumps({
-            "train_s": submitted_at - self._connected_at,
-            "export_s": time.monotonic() - submitted_at,
-            "overrun_s": submitted_at - self._deadline,  # > 0: trained past the harness clock
-        }))
-        if self._spec.standalone:
-            _score_standalone(self._spec)
-            return out / ARTIFACT_NAME
+        except TypeError as exc:  # a non-tensor constant: the artifact would need a pickle
+            (out / EXPORT_ERROR_NAME).write_text(str(exc))
+            raise ExportError(str(exc)) from None
         # Under the harness the slot is over: end the process now. Tearing down an interpreter
         # that imported torch's export stack takes seconds, and they would count as slot overhead.
         sys.stdout.flush()
@@ -157,33 +156,24 @@ def export_model(model: torch.nn.Module, eval_seq_len: int, device: str):
         ) from exc
 
 
-def _standalone_spec() -> SlotSpec:
-    from gpt.data import prepare
+def tell_harness(word: str) -> None:
+    """One word to the runner on its clock pipe; the runner, not this process, notes the time."""
+    fd = os.environ.get(CLOCK_FD_ENV)
+    if fd:
+        try:
+            os.write(int(fd), f"{word}\n".encode())
+        except (OSError, ValueError):
+            pass
 
-    dataset = prepare()
-    out = tempfile.mkdtemp(prefix="evo-lab-")
-    budget = float(os.environ.get("EVO_BUDGET", STANDALONE_BUDGET_S))
-    return SlotSpec(budget_s=budget, device=_default_device(), seed=int(os.environ.get("EVO_SEED", 0)),
-                    vocab_size=dataset.tokenizer.vocab_size, train_path=str(dataset.train_path),
-                    out_dir=out, standalone=True)
 
+def _run_by_hand() -> None:
+    """`python genome.py` outside the harness: run this very script through the full harness (a
+    sandboxed slot, the runner's clock, the trusted scorer), print the scores, and exit. A number
+    printed here is measured exactly as `evo eval` measures it."""
+    from gpt.runner import run_by_hand
 
-def _score_standalone(spec: SlotSpec) -> None:
-    """Run by hand, a genome prints its scores from the scorer, in a separate process."""
-    from gpt.data import prepare
-
-    request = {"artifact": str(Path(spec.out_dir) / ARTIFACT_NAME), "dataset": str(prepare().path),
-               "seq_len": spec.eval_seq_len, "device": spec.device, "seed": spec.seed}
-    result = subprocess.run([sys.executable, "-m", "gpt.score"], input=json.dumps(request),
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        print(result.stderr, file=sys.stderr)
-        return
-    scores = json.loads(result.stdout)
-    print("---")
-    for key in ("val_bpb", "heldout_bpb", "causality", "canary", "stateless", "eval_seconds"):
-        value = scores.get(key)
-        print(f"{key + ':':<14}{value:.6f}" if isinstance(value, float) else f"{key + ':':<14}{value}")
+    sys.exit(run_by_hand(Path(sys.argv[0]).resolve(), budget_s=float(os.environ.get("EVO_BUDGET", STANDALONE_BUDGET_S)),
+                         data=os.environ.get("EVO_DATA") or None, device=_default_device()))
 
 
 EXPORT_MODULES = ("torch._dynamo", "torch.export", "torch._export.non_strict_utils", "torch._functorch.aot_autograd",
@@ -207,7 +197,10 @@ def connect() -> Run:
     global _RUN
     if _RUN is None:
         path = os.environ.get(SPEC_ENV)
-        spec = SlotSpec.read(path) if path else _standalone_spec()
+        if not path:
+            _run_by_hand()
+        spec = SlotSpec.read(path)
         _import_export_modules()
+        tell_harness("connect")
         _RUN = Run(spec)
     return _RUN

@@ -4,15 +4,19 @@ One slot, step by step:
 0. static checks (`gpt.static_checks`) read the genome's source: a `reject` finding fails
    the slot at once (reason `rejected`) without starting any process;
 1. a fresh evaluation directory; the genome is copied to `work/genome.py`;
-2. the scorer process starts at once (it imports torch while the genome trains);
+2. the scorer process starts at once, in its own sandbox (it imports torch while the genome trains);
 3. `python genome.py` runs in a sandbox (`gpt.sandbox`: bwrap, netns or none; `auto` picks
    the strongest that works here) with a minimal environment (no API keys: the parent's
    environment is not inherited), a slot spec naming only the train split, rlimits on
    memory and file size, and a watchdog on total memory, process count and work-dir size;
    stdout and stderr go to size-capped files;
-4. at `budget + grace` seconds the whole slot is killed; when the genome exits, every
-   process the slot left behind (daemons, setsid'd children) is found and killed;
-5. if an artifact was submitted, the scorer scores it; `result.json` records everything,
+4. the runner's clock: the genome's lab says `connect` and `submit` on a pipe, and the runner
+   timestamps the words as they arrive (`ClockPipe`); nothing the genome writes is a number;
+5. at `budget + grace` seconds the whole slot is killed; when the genome exits, every
+   process the slot left behind (daemons, setsid'd children, orphans of a killed supervisor,
+   which reach the runner as their subreaper) is found and killed;
+6. if an artifact was submitted, the scorer checks it (`gpt.artifact`: data, never code) and
+   scores it with a probe seed the genome never saw; `result.json` records everything,
    including the sandbox level used (`sandbox`) and the static findings (`static_findings`).
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -32,13 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gpt
+from gpt import artifact
 from gpt import sandbox as sandboxing
-from gpt.lab import ARTIFACT_NAME, EXPORT_ERROR_NAME, SPEC_ENV, TIMINGS_NAME, SlotSpec
+from gpt.lab import CLOCK_FD_ENV, EXPORT_ERROR_NAME, SPEC_ENV, STARTUP_ALLOWANCE_S, SlotSpec
 from gpt.static_checks import check_source, format_findings
 
 DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
 STDERR_TAIL_CHARS = 3000
 SCORE_TIMEOUT_S = 600.0
+CLOCK_PIPE_CAP = 65536  # bytes of clock messages the runner reads from one slot; the rest is drained
 STOP_WAIT_S = 3.0  # how long the sandbox gets to clean up after SIGTERM before everything is killed
 
 
@@ -46,6 +53,76 @@ def default_grace(budget_s: float) -> float:
     """Time past the budget before the hard kill. The kill clock starts at spawn, the budget at
     connect: grace covers interpreter start and torch import (seconds on a busy CPU) and export."""
     return max(20.0, 0.2 * budget_s)
+
+
+def default_export_allowance(budget_s: float) -> float:
+    """How long after `submit` the genome may take to export and exit. The runner cannot tell
+    export from training, so this bounds what a genome that says `submit` early can gain."""
+    return max(5.0, 0.05 * budget_s)
+
+
+class ClockPipe:
+    """The runner's clock for one slot. The genome's lab writes `connect` and `submit` on a pipe;
+    a thread of the runner notes when each word first *arrives*. The genome can delay a word
+    or send it early, never make the runner read a time it did not measure."""
+
+    WORDS = ("connect", "submit")
+
+    def __init__(self):
+        self.read_fd, self.write_fd = os.pipe()
+        self.times: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._read, daemon=True, name="evo-slot-clock")
+
+    def start(self) -> None:
+        """Call after the genome is spawned: the runner's copy of the write end is closed, so the
+        pipe ends when every process of the slot is gone."""
+        os.close(self.write_fd)
+        self._thread.start()
+
+    def join(self, timeout: float = 5.0) -> dict[str, float]:
+        self._thread.join(timeout)
+        return dict(self.times)
+
+    def _read(self) -> None:
+        buf, total = b"", 0
+        with os.fdopen(self.read_fd, "rb", buffering=0) as f:
+            for chunk in iter(lambda: f.read(4096), b""):
+                now = time.monotonic()
+                total += len(chunk)
+                if total > CLOCK_PIPE_CAP:
+                    continue
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    word = line.strip().decode("ascii", errors="replace")
+                    if word in self.WORDS:
+                        self.times.setdefault(word, now)
+
+
+def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, export_allowance_s: float) -> dict:
+    """The budget probe, from the runner's own timestamps only.
+
+    The clock starts at `connect`, or at spawn + the startup allowance if that is earlier
+    (work before connect is training outside the clock otherwise); it stops at `submit`.
+    The genome fails the probe if it never said `submit`, said it past the deadline by more
+    than the tolerance, or took longer than the export allowance between `submit` and exit."""
+    connect, submit = times.get("connect"), times.get("submit")
+    started = min(connect, spawned + STARTUP_ALLOWANCE_S) if connect is not None else spawned + STARTUP_ALLOWANCE_S
+    deadline = started + budget_s
+    overrun = submit - deadline if submit is not None else None
+    export_s = exited - submit if submit is not None else None
+    tolerance = budget_tolerance(budget_s)
+    why = None
+    if submit is None:
+        why = "the artifact did not come through run.submit() (no submit on the harness clock)"
+    elif overrun > tolerance:
+        why = f"submitted {overrun:.1f} s after the budget ran out (tolerance {tolerance:g} s)"
+    elif export_s > export_allowance_s:
+        why = f"took {export_s:.1f} s from submit to exit (export allowance {export_allowance_s:g} s)"
+    return {"pass": why is None, "detail": why, "overrun_s": overrun, "tolerance_s": tolerance,
+            "export_s": export_s, "export_allowance_s": export_allowance_s,
+            "startup_s": (connect - spawned) if connect is not None else None,
+            "train_s": (submit - started) if submit is not None else None}
 
 
 _LIVE_SLOTS: dict = {}  # pid -> (Popen, SlotProcesses) of every genome process running now
@@ -71,6 +148,7 @@ class SlotJob:
     seed: int = 0
     device: str = "cpu"
     grace_s: float | None = None
+    export_allowance_s: float | None = None  # None: default_export_allowance(budget_s)
     eval_tokens: int = 32768
     eval_seq_len: int = 256
     threads: int = 0
@@ -140,21 +218,66 @@ def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
         return ""
 
 
-def _start_scorer(threads: int) -> subprocess.Popen:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": str(Path(gpt.__file__).resolve().parent.parent),
-           "LANG": "C.UTF-8"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-m", "gpt.score"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
+class Scorer:
+    """The trusted scorer process, sandboxed at the slot's level. It starts with the slot (importing
+    torch takes seconds) and gets its request on stdin once the genome is gone; its answer comes
+    back on a stdout pipe the runner owns. It sees the dataset and the genome's work dir read-only,
+    writes only a private scratch dir, and has no network."""
+
+    def __init__(self, job: SlotJob, out: Path, level: str, work: Path):
+        scratch = out / "scorer"
+        scratch.mkdir(exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "HOME": str(scratch),
+               "TMPDIR": str(scratch), "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONPATH": str(Path(gpt.__file__).resolve().parent.parent)}
+        if job.threads:
+            env["OMP_NUM_THREADS"] = str(job.threads)
+        env.update({k: str(v) for k, v in job.env.items() if k == "CUDA_VISIBLE_DEVICES"})
+        exposure = sandboxing.Exposure(work=scratch, read_dirs=(Path(job.dataset).resolve(), work),
+                                       gpu=job.device.startswith("cuda"))
+        cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.score"], exposure, job.limits(),
+                                      supervise=False)
+        self.proc = subprocess.Popen(cmd, cwd=scratch, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
+        sandboxing.register_child(self.proc.pid)
+        self.used = False
+
+    def score(self, request: dict) -> dict:
+        """Send the request, wait for the answer; a crash, a hang or a breach is a failed slot, never ok."""
+        self.used = True
+        try:
+            stdout, stderr = self.proc.communicate(json.dumps(request), timeout=SCORE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.close()
+            return {"status": "failed", "reason": "score_timeout", "detail": f"scoring took over {SCORE_TIMEOUT_S:g} s"}
+        return _scorer_result(self.proc.returncode, stdout, stderr)
+
+    def close(self) -> None:
+        if not self.used and self.proc.poll() is None:
+            try:  # an unused scorer is told there is nothing to score (EOF), then ended
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        _kill_group(self.proc.pid)
+        self.proc.wait()
+        sandboxing.unregister_child(self.proc.pid)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+def _prepare_work(job: SlotJob, out: Path) -> Path:
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(job.genome, work / "genome.py")
+    return work
 
 
 def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     """Run the genome's training process in its sandbox under the hard wall clock; return what the runner saw."""
     level = level or sandboxing.resolve_level(job.sandbox)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(job.genome, work / "genome.py")
+    sandboxing.become_subreaper()  # orphans whose supervisor died are re-parented here, where the runner finds them
+    work = _prepare_work(job, out)
     spec_path = out / "slot_spec.json"
     from gpt.data import Dataset
 
@@ -165,14 +288,20 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     grace = job.grace_s if job.grace_s is not None else default_grace(job.budget_s)
     limits = job.limits()
     token = uuid.uuid4().hex
-    # the genome sees its work dir, the spec and the train split; the rest of the dataset folder is hidden
-    exposure = sandboxing.Exposure(work=work, read_files=(spec_path, dataset.train_path), hide_dirs=(dataset.path,),
-                                gpu=job.device.startswith("cuda"))
+    # the genome sees its work dir, the spec and the train split; the rest of the dataset folder is hidden,
+    # and so is every folder that holds documents of the corpus (gpt/corpus for the built-in one)
+    exposure = sandboxing.Exposure(work=work, read_files=(spec_path, dataset.train_path),
+                                   hide_dirs=(dataset.path,) + sealed_dirs(dataset), gpu=job.device.startswith("cuda"))
     cmd = sandboxing.wrap_command(level, [sys.executable, "genome.py"], exposure, limits)
-    procs = sandboxing.SlotProcesses(token)
+    clock = ClockPipe()
+    env = genome_env(spec_path, work, job.threads, job.env, token)
+    env[CLOCK_FD_ENV] = str(clock.write_fd)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=genome_env(spec_path, work, job.threads, job.env, token), start_new_session=True)
+                            env=env, start_new_session=True, pass_fds=(clock.write_fd,))
+    sandboxing.register_child(proc.pid)
+    clock.start()
+    procs = sandboxing.SlotProcesses(token, root_pid=proc.pid)
     with _LIVE_LOCK:
         _LIVE_SLOTS[proc.pid] = (proc, procs)
     watchdog = sandboxing.Watchdog(procs, limits, work, on_breach=lambda: _stop_slot(proc, procs))
@@ -187,11 +316,14 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
+        exited = time.monotonic()
         watchdog.stop()
         _stop_slot(proc, procs)
         with _LIVE_LOCK:
             _LIVE_SLOTS.pop(proc.pid, None)
-    train_seconds = time.monotonic() - start
+        sandboxing.unregister_child(proc.pid)
+    slot_processes_seconds = time.monotonic() - start
+    times = clock.join()
     for p in pumps:
         p.join(timeout=5)
     breach = watchdog.breach
@@ -199,12 +331,21 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
         msg = sandboxing.disk_verdict(work, limits)
         if msg:
             breach = ("disk_limit", msg)
+    allowance = job.export_allowance_s if job.export_allowance_s is not None else default_export_allowance(job.budget_s)
     # what the genome left running after its main process ended by itself (the supervisor reports it)
     leftovers = _leftovers(out / "stderr.txt") if not timed_out and watchdog.breach is None else None
     return {"timed_out": timed_out and watchdog.breach is None, "returncode": proc.returncode,
-            "train_seconds": train_seconds, "grace_s": grace, "work": work, "sandbox": level, "breach": breach,
+            "wall_seconds": slot_processes_seconds, "grace_s": grace, "work": work, "sandbox": level,
+            "breach": breach, "clock": clock_verdict(times, start, exited, job.budget_s, allowance),
             "limits": limits.describe(), "leftover_processes": leftovers, "peak_memory_mb": watchdog.peak_mb,
-            "peak_procs": watchdog.peak_procs}
+            "peak_procs": watchdog.peak_procs, "cpu_seconds": watchdog.cpu_seconds,
+            "escaped_processes": procs.escaped}
+
+
+def sealed_dirs(dataset) -> tuple[Path, ...]:
+    """Folders holding the corpus's documents, hidden from the genome (see gpt.data.document_roots)."""
+    roots = dataset.manifest.get("document_roots") or []
+    return tuple(Path(r) for r in roots if Path(r).is_dir())
 
 
 def _stop_slot(proc: subprocess.Popen, procs: sandboxing.SlotProcesses) -> None:
@@ -224,13 +365,20 @@ def _stop_slot(proc: subprocess.Popen, procs: sandboxing.SlotProcesses) -> None:
 
 
 def _scorer_result(returncode: int, stdout: str, stderr: str) -> dict:
-    """The scorer's JSON answer, or a score_error naming what went wrong."""
+    """The scorer's JSON answer, or a failure naming what went wrong (score_memory, score_error)."""
     if returncode == 0:
         try:
-            return json.loads(stdout)
+            answer = json.loads(stdout)
+            if isinstance(answer, dict) and answer.get("status") in ("ok", "failed", "flagged"):
+                return answer
         except ValueError:
-            return {"status": "failed", "reason": "score_error", "detail": f"unreadable scorer output: {stdout[:500]!r}"}
-    return {"status": "failed", "reason": "score_error", "detail": stderr[-STDERR_TAIL_CHARS:]}
+            pass
+        return {"status": "failed", "reason": "score_error", "detail": f"unreadable scorer output: {stdout[:500]!r}"}
+    tail = stderr[-STDERR_TAIL_CHARS:]
+    if _MEMORY_ERRORS.search(tail) or returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return {"status": "failed", "reason": "score_memory",
+                "detail": f"the scorer ran out of memory (exit code {returncode}): {tail[-500:]}"}
+    return {"status": "failed", "reason": "score_error", "detail": f"the scorer exited with {returncode}: {tail}"}
 
 
 def _leftovers(stderr_path: Path) -> int:
@@ -254,7 +402,7 @@ def _crash_reason(returncode: int, stderr_tail: str) -> tuple[str, str]:
     return "crash", f"exit code {returncode}"
 
 
-HARNESS_READ = (ARTIFACT_NAME, EXPORT_ERROR_NAME, TIMINGS_NAME)  # files of the work dir the harness reads
+HARNESS_READ = artifact.FILES + (EXPORT_ERROR_NAME,)  # files of the work dir the harness reads
 
 
 def _planted_links(work: Path) -> list[str]:
@@ -277,6 +425,43 @@ def _integrity_fields(level: str, findings: list) -> dict:
     return {"sandbox": level, "static_findings": [f.to_dict() for f in findings]}
 
 
+def _rejected(job: SlotJob, out: Path, level: str, findings: list, slot_start: float) -> dict:
+    """A slot the static checks refused: no process was started, no slot time spent."""
+    rejects = [f for f in findings if f.severity == "reject"]
+    result = {"status": "failed", "reason": "rejected",
+              "detail": "static checks rejected the genome:\n" + format_findings(rejects),
+              "budget_s": job.budget_s, "seed": job.seed, "device": job.device, "returncode": None,
+              "train_seconds": 0.0, "slot_seconds": time.monotonic() - slot_start, "export_seconds": None,
+              "startup_seconds": None, "stderr_tail": "", "steps": None,
+              **_integrity_fields(level, findings), "limits": job.limits().describe(),
+              "leftover_processes": None, "peak_memory_mb": None}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _training_outcome(job: SlotJob, out: Path, ran: dict) -> dict | None:
+    """Why the slot failed before scoring (status, reason, detail), or None if there is an artifact to score."""
+    work = ran["work"]
+    planted = _planted_links(work)
+    if planted:
+        return {"status": "flagged", "reason": "artifact_link",
+                "detail": f"{', '.join(planted)} in the work dir is a link or not a regular file: the harness "
+                          "reads only files the genome wrote itself"}
+    if ran["breach"]:
+        return {"status": "failed", "reason": ran["breach"][0], "detail": ran["breach"][1]}
+    if ran["timed_out"]:
+        return {"status": "failed", "reason": "timeout",
+                "detail": f"killed at budget {job.budget_s:g} s + grace {ran['grace_s']:g} s"}
+    if (work / EXPORT_ERROR_NAME).exists():
+        return {"status": "failed", "reason": "export_error", "detail": (work / EXPORT_ERROR_NAME).read_text()[:4000]}
+    if ran["returncode"] != 0:
+        reason, detail = _crash_reason(ran["returncode"], _tail(out / "stderr.txt"))
+        return {"status": "failed", "reason": reason, "detail": detail}
+    if not any((work / name).exists() for name in artifact.FILES):
+        return {"status": "failed", "reason": "no_submit", "detail": "the genome exited without calling run.submit(model)"}
+    return None
+
+
 def run_slot(job: SlotJob) -> dict:
     """Check, train and score one genome; write and return `result.json`'s content."""
     slot_start = time.monotonic()
@@ -284,80 +469,33 @@ def run_slot(job: SlotJob) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     level = sandboxing.resolve_level(job.sandbox)  # UserError when a named level is not available here
     findings = check_source(Path(job.genome).read_text(errors="replace")) if job.static_checks else []
-    rejects = [f for f in findings if f.severity == "reject"]
-    if rejects:  # no slot is spent: no scorer, no genome process
-        result = {"status": "failed", "reason": "rejected",
-                  "detail": "static checks rejected the genome:\n" + format_findings(rejects),
-                  "budget_s": job.budget_s, "seed": job.seed, "device": job.device, "returncode": None,
-                  "train_seconds": 0.0, "slot_seconds": time.monotonic() - slot_start, "export_seconds": None,
-                  "startup_seconds": None, "stderr_tail": "", "steps": None,
-                  **_integrity_fields(level, findings), "limits": job.limits().describe(),
-                  "leftover_processes": None, "peak_memory_mb": None}
-        (out / "result.json").write_text(json.dumps(result, indent=1))
-        return result
-    scorer = _start_scorer(job.threads)
-    scored = False
+    if any(f.severity == "reject" for f in findings):  # no slot is spent: no scorer, no genome process
+        return _rejected(job, out, level, findings, slot_start)
+    scorer = Scorer(job, out, level, _prepare_work(job, out))
     try:
         ran = train(job, out, level)
-        work = ran["work"]
-        result = {"status": "failed", "reason": None, "detail": None}
-        artifact = work / ARTIFACT_NAME
-        planted = _planted_links(work)
-        if planted:
-            result.update(status="flagged", reason="artifact_link",
-                          detail=f"{', '.join(planted)} in the work dir is a link or not a regular file: the harness "
-                                 "reads only files the genome wrote itself")
-        elif ran["breach"]:
-            reason, detail = ran["breach"]
-            result.update(reason=reason, detail=detail)
-        elif ran["timed_out"]:
-            result.update(reason="timeout", detail=f"killed at budget {job.budget_s:g} s + grace {ran['grace_s']:g} s")
-        elif (work / EXPORT_ERROR_NAME).exists():
-            result.update(reason="export_error", detail=(work / EXPORT_ERROR_NAME).read_text()[:4000])
-        elif ran["returncode"] != 0:
-            reason, detail = _crash_reason(ran["returncode"], _tail(out / "stderr.txt"))
-            result.update(reason=reason, detail=detail)
-        elif not artifact.exists():
-            result.update(reason="no_submit", detail="the genome exited without calling run.submit(model)")
-        else:
-            request = {"artifact": str(artifact), "dataset": job.dataset, "seq_len": job.eval_seq_len,
-                       "eval_tokens": job.eval_tokens, "device": job.device, "seed": job.seed,
-                       "test": job.test, "threads": job.threads}
+        result = _training_outcome(job, out, ran)
+        if result is None:
+            request = {"artifact": str(ran["work"]), "dataset": job.dataset, "seq_len": job.eval_seq_len,
+                       "eval_tokens": job.eval_tokens, "device": job.device, "test": job.test,
+                       "threads": job.threads, "probe_seed": secrets.randbits(63)}  # the genome never sees it
             eval_start = time.monotonic()
-            scored = True
-            try:
-                stdout, stderr = scorer.communicate(json.dumps(request), timeout=SCORE_TIMEOUT_S)
-                result = _scorer_result(scorer.returncode, stdout, stderr)
-            except subprocess.TimeoutExpired:
-                result = {"status": "failed", "reason": "score_timeout", "detail": f"scoring took over {SCORE_TIMEOUT_S} s"}
+            result = scorer.score(request)
             result["eval_seconds"] = time.monotonic() - eval_start
     finally:
-        if scored and scorer.poll() is None:
-            try:
-                scorer.communicate("", timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_group(scorer.pid)  # an unused scorer is not waited for: it holds no state
-        scorer.wait()
-    lab_timings = {}
-    if result.get("reason") != "artifact_link" and (work / TIMINGS_NAME).exists():
-        try:
-            lab_timings = json.loads((work / TIMINGS_NAME).read_text()[:10000])
-            lab_timings = {k: float(lab_timings[k]) for k in ("train_s", "export_s", "overrun_s")}
-        except (ValueError, TypeError, KeyError, AttributeError):
-            lab_timings = {}
+        scorer.close()
+    clock = ran["clock"]
     if result.get("status") == "ok" or (result.get("status") == "flagged" and result.get("reason") != "artifact_link"):
-        # an artifact without submit()'s timings was written around the harness clock: flag it
-        _budget_probe(result, lab_timings.get("overrun_s"), job.budget_s)
+        _budget_probe(result, clock)
     result.update(
         budget_s=job.budget_s, seed=job.seed, device=job.device, returncode=ran["returncode"],
-        train_seconds=ran["train_seconds"], slot_seconds=time.monotonic() - slot_start,
-        export_seconds=lab_timings.get("export_s"),
-        startup_seconds=(ran["train_seconds"] - lab_timings["train_s"] - lab_timings["export_s"]) if lab_timings else None,
+        train_seconds=clock["train_s"] if clock["train_s"] is not None else ran["wall_seconds"],
+        slot_seconds=time.monotonic() - slot_start, export_seconds=clock["export_s"],
+        startup_seconds=clock["startup_s"], cpu_seconds=ran["cpu_seconds"],
         stderr_tail=_tail(out / "stderr.txt") if result["status"] == "failed" else "",
         steps=_parse_steps(out / "stdout.txt"),
         **_integrity_fields(level, findings), limits=ran["limits"], leftover_processes=ran["leftover_processes"],
-        peak_memory_mb=ran["peak_memory_mb"],
+        escaped_processes=ran["escaped_processes"], peak_memory_mb=ran["peak_memory_mb"],
     )
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -368,14 +506,12 @@ def budget_tolerance(budget_s: float) -> float:
     return max(2.0, 0.05 * budget_s)
 
 
-def _budget_probe(result: dict, overrun_s: float | None, budget_s: float) -> None:
-    """Flag a genome that kept training after time_left() reached zero (inside the kill grace), or
-    whose artifact did not come through run.submit() (no timings: the clock cannot vouch for it)."""
-    passed = overrun_s is not None and overrun_s <= budget_tolerance(budget_s)
-    result.setdefault("probes", {})["budget"] = {"pass": passed, "overrun_s": overrun_s,
-                                                 "tolerance_s": budget_tolerance(budget_s)}
-    result["budget"] = "pass" if passed else "fail"
-    if not passed:
+def _budget_probe(result: dict, clock: dict) -> None:
+    """Flag a genome the runner's clock saw train past its budget, export too slowly, or hand in an
+    artifact without run.submit(). Nothing the genome wrote is read here."""
+    result.setdefault("probes", {})["budget"] = clock
+    result["budget"] = "pass" if clock["pass"] else "fail"
+    if not clock["pass"]:
         reasons = [r for r in (result.get("reason") or "").split(",") if r] + ["budget"]
         result.update(status="flagged", reason=",".join(reasons))
 
@@ -389,3 +525,36 @@ def _parse_steps(path: Path):
     except (OSError, ValueError):
         pass
     return None
+
+
+def run_by_hand(genome: Path, budget_s: float, data: str | None, device: str) -> int:
+    """`python genome.py` outside the harness: one full slot on `data` (default: the built-in corpus),
+    the scores printed as `key: value` lines. Returns the process exit code."""
+    import tempfile
+
+    from gpt.data import DEFAULT_SOURCE, prepare
+
+    source = data or DEFAULT_SOURCE
+    dataset = prepare(source)
+    print(f"evo: scoring {genome.name} on {source!r} (dataset {dataset.path.name}; set EVO_DATA to change it), "
+          f"budget {budget_s:g} s on {device}", file=sys.stderr, flush=True)
+    out = Path(tempfile.mkdtemp(prefix="evo-by-hand-"))
+    result = run_slot(SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=budget_s,
+                              device=device, seed=secrets.randbits(31), threads=os.cpu_count() or 1))
+    sys.stdout.write(_read_text(out / "stdout.txt"))
+    print("---")
+    for key in ("status", "reason", "val_bpb", "heldout_bpb", "scored_tokens", "causality", "canary", "stateless",
+                "budget", "train_seconds"):
+        value = result.get(key)
+        print(f"{key + ':':<15}{value:.6f}" if isinstance(value, float) else f"{key + ':':<15}{value}")
+    if result["status"] == "failed":
+        print(result.get("detail") or "", file=sys.stderr)
+    print(f"details: {out / 'result.json'}")
+    return 0 if result["status"] == "ok" else 1
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

@@ -204,8 +204,9 @@ class Exposure:
 
     work: Path  # read-write
     read_files: tuple[Path, ...] = ()  # read-only single files (the slot spec, the train split)
-    hide_dirs: tuple[Path, ...] = ()  # covered by an empty tmpfs first (the dataset folder)
+    hide_dirs: tuple[Path, ...] = ()  # covered by an empty tmpfs first (the dataset folder, the corpus)
     gpu: bool = False
+    read_dirs: tuple[Path, ...] = ()  # read-only folders (the scorer's dataset and the artifact's work dir)
 
 
 def _package_dir(name: str) -> Path | None:
@@ -284,6 +285,8 @@ def _bwrap_args(exposure: Exposure, variant: dict) -> list[str]:
         a += (["--size", "65536"] if size else []) + ["--tmpfs", str(d)]
     for f in exposure.read_files:
         a += ["--ro-bind", str(f), str(f)]
+    for d in exposure.read_dirs:
+        a += ["--ro-bind", str(d), str(d)]
     for d in exposure.hide_dirs:
         a += ["--remount-ro", str(d)]
     a += ["--bind", str(exposure.work), str(exposure.work), "--remount-ro", "/dev", "--remount-ro", "/",
@@ -412,8 +415,8 @@ def resolve_level(requested: str) -> str:
     return requested
 
 
-def wrap_command(level: str, argv: list[str], exposure: Exposure, limits: Limits) -> list[str]:
-    """The full command line that runs `argv` under `level` with `limits`."""
+def wrap_command(level: str, argv: list[str], exposure: Exposure, limits: Limits, supervise: bool = True) -> list[str]:
+    """The full command line that runs `argv` under `level` with `limits` (and, for a genome, the supervisor)."""
     variant, why = probe(level)
     if variant is None:
         raise UserError(f"sandbox level {level!r} is not available ({why}); fix: {FIXES.get(level, '')}")
@@ -423,7 +426,7 @@ def wrap_command(level: str, argv: list[str], exposure: Exposure, limits: Limits
         inner = _netns_args(variant["userns"])
     else:
         inner = []
-    return launcher(limits) + inner + supervisor() + list(argv)
+    return launcher(limits) + inner + (supervisor() if supervise else []) + list(argv)
 
 
 # ---------------------------------------------------------------- finding and killing slot processes
@@ -445,31 +448,120 @@ def _pid_ns(pid: int | str) -> str | None:
 
 
 _OWN_NS = _pid_ns("self")
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_RUNNER_CHILDREN: set[int] = set()  # processes this runner started itself (genome launchers, scorers)
+_subreaper_lock = threading.Lock()
+_is_subreaper = False
+
+
+def become_subreaper() -> bool:
+    """Make this process (the runner) a child subreaper: a slot's processes whose supervisor was
+    killed are re-parented here instead of to init, so the runner can find them without their
+    cooperation. Linux only; returns whether it worked."""
+    global _is_subreaper
+    with _subreaper_lock:
+        if not _is_subreaper:
+            try:
+                import ctypes
+
+                _is_subreaper = ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+            except (OSError, AttributeError):
+                _is_subreaper = False
+        return _is_subreaper
+
+
+def register_child(pid: int) -> None:
+    _RUNNER_CHILDREN.add(pid)
+
+
+def unregister_child(pid: int) -> None:
+    _RUNNER_CHILDREN.discard(pid)
+
+
+@dataclass(frozen=True)
+class _Stat:
+    ppid: int
+    sid: int
+    state: str
+    cpu_ticks: int
+    start: int
+
+
+def _stat(pid: int | str) -> _Stat | None:
+    text = _read(f"/proc/{pid}/stat").decode(errors="replace")
+    try:
+        f = text.rsplit(")", 1)[1].split()
+        return _Stat(ppid=int(f[1]), sid=int(f[3]), state=f[0], cpu_ticks=int(f[11]) + int(f[12]), start=int(f[19]))
+    except (IndexError, ValueError):
+        return None
 
 
 @dataclass
 class SlotProcesses:
-    """Finds the processes of one slot: the environment marker, or membership of a PID namespace seen with it."""
+    """Finds the processes of one slot, none of it on the genome's word: descendants of the slot's
+    root process, processes carrying the environment marker or living in a PID namespace seen with
+    it, and orphans re-parented to the runner (as subreaper) after the slot started."""
 
     token: str
+    root_pid: int | None = None
     namespaces: set = field(default_factory=set)
+    members: set = field(default_factory=set)  # (pid, start time) of every process seen as the slot's
+    adopted: set = field(default_factory=set)  # (pid, start time) found only as orphans the runner adopted
+    cpu: dict = field(default_factory=dict)  # (pid, start time) -> CPU ticks last seen
+
+    def __post_init__(self):
+        root = _stat(self.root_pid) if self.root_pid else None
+        self.since = root.start if root else 0
+        self.my_sid = os.getsid(0)
+
+    @property
+    def escaped(self) -> int:
+        """How many processes got away from their supervisor (only a genome that kills it can do that)."""
+        return len(self.adopted)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values()) / _TICKS
 
     def scan(self) -> dict[int, str]:
         """pid -> comm of every live process of the slot."""
         marker = f"{TOKEN_ENV}={self.token}".encode()
-        found = {}
         me = os.getpid()
+        table = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == me:
+            if entry.isdigit() and int(entry) != me:
+                st = _stat(entry)
+                if st is not None and st.state not in ("Z", "X"):
+                    table[int(entry)] = st
+        found = set()
+        for pid, st in table.items():
+            if (pid, st.start) in self.members or pid == self.root_pid:
+                found.add(pid)
                 continue
-            ns = _pid_ns(entry)
-            if ns is None:  # gone, or a zombie
+            ns = _pid_ns(pid)
+            if ns is None:
                 continue
-            if ns in self.namespaces or marker in _read(f"/proc/{entry}/environ").split(b"\0"):
-                if ns != _OWN_NS:
-                    self.namespaces.add(ns)
-                found[int(entry)] = _read(f"/proc/{entry}/comm").decode(errors="replace").strip()
-        return found
+            if ns in self.namespaces or marker in _read(f"/proc/{pid}/environ").split(b"\0"):
+                found.add(pid)
+            elif (st.ppid == me and self.root_pid and st.start >= self.since and pid not in _RUNNER_CHILDREN
+                  and st.sid != self.my_sid):
+                found.add(pid)  # an orphan of a killed supervisor, re-parented to the runner
+                self.adopted.add((pid, st.start))
+        grew = True
+        while grew:  # everything descended from a slot process is the slot's
+            extra = {pid for pid, st in table.items() if st.ppid in found and pid not in found}
+            found |= extra
+            grew = bool(extra)
+        out = {}
+        for pid in found:
+            st = table[pid]
+            self.members.add((pid, st.start))
+            self.cpu[(pid, st.start)] = max(self.cpu.get((pid, st.start), 0), st.cpu_ticks)
+            ns = _pid_ns(pid)
+            if ns is not None and ns != _OWN_NS:
+                self.namespaces.add(ns)
+            out[pid] = _read(f"/proc/{pid}/comm").decode(errors="replace").strip()
+        return out
 
     def usage(self, pids) -> tuple[int, int]:
         """(number of non-helper processes, summed anonymous+shmem resident MiB)."""
@@ -498,7 +590,18 @@ class SlotProcesses:
         for pid in seen:  # wait until they are gone (or zombies whose parent will reap them)
             while time.monotonic() < deadline and _pid_ns(pid) is not None and _alive(pid):
                 time.sleep(0.01)
+        self._reap_adopted()
         return seen
+
+    def _reap_adopted(self) -> None:
+        """Adopted orphans are the runner's children now: reap them, or they stay zombies."""
+        for pid, _ in list(self.adopted):
+            if pid in _RUNNER_CHILDREN:
+                continue
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -559,17 +662,20 @@ class Watchdog(threading.Thread):
         self.breach: tuple[str, str] | None = None
         self.peak_mb = 0
         self.peak_procs = 0
+        self.cpu_seconds = 0.0
         self._halt = threading.Event()
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
+        self.cpu_seconds = max(self.cpu_seconds, self.procs.cpu_seconds)
 
     def run(self) -> None:
         last_disk = time.monotonic()
         while not self._halt.wait(self.interval):
             count, mb = self.procs.usage(self.procs.scan())
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, count)
+            self.cpu_seconds = self.procs.cpu_seconds
             if self.limits.memory_mb and mb > self.limits.memory_mb:
                 self._trip("memory", f"the slot's processes held {mb} MiB, over memory_mb={self.limits.memory_mb}")
             elif self.limits.max_procs and count > self.limits.max_procs:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt import artifact
 from gpt.data import CANARY_PREFIX, Dataset
 
 DEFAULT_EVAL_TOKENS = 32768
@@ -173,17 +174,16 @@ def score(request: dict) -> dict:
     device = request.get("device", "cpu")
     seq_len = int(request.get("seq_len", 256))
     n_tokens = int(request.get("eval_tokens", DEFAULT_EVAL_TOKENS))
-    seed = int(request.get("seed", 0))
+    seed = int(request.get("probe_seed", 0))  # drawn by the runner per evaluation; the genome never sees it
     splits = ["val", "heldout"] + (["test"] if request.get("test") else [])
     tok = dataset.tokenizer
     vocab = tok.vocab_size
     result: dict = {"status": "ok", "reason": None}
     try:
-        program = torch.export.load(request["artifact"])
+        program = artifact.load(request["artifact"])
         fn = program.module().to(device)
-    except Exception as exc:
-        return {"status": "failed", "reason": "export_error", "detail": f"cannot load artifact: {exc}",
-                "eval_seconds": time.monotonic() - start}
+    except artifact.BadArtifact as exc:
+        return {"status": "failed", "reason": "bad_artifact", "detail": str(exc), "eval_seconds": time.monotonic() - start}
     try:
         probe_batch = torch.from_numpy(windows(dataset.tokens("val"), seq_len, 2 * seq_len)[:2, :-1]).to(device)
         before = _log_probs(fn, probe_batch, vocab)
@@ -220,10 +220,10 @@ def score(request: dict) -> dict:
 
 
 def _warm_imports() -> None:
-    """Import what torch.export.load needs before the request arrives (about 2 s on a CPU)."""
+    """Import what loading an artifact needs before the request arrives (about 2 s on a CPU)."""
+    import safetensors.torch  # noqa: F401
     import torch._export.non_strict_utils  # noqa: F401
     import torch._export.serde.serialize  # noqa: F401
-    import torch.export.pt2_archive._package  # noqa: F401
 
 
 def main() -> None:
