@@ -12,7 +12,7 @@ SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "causa
                 "train_seconds", "slot_seconds", "eval_seconds", "startup_seconds", "export_seconds", "steps")
 
 
-DATA_HELP = "stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:OWNER/NAME[@REV][:PATTERN[:COLUMN]]"
+DATA_HELP = "builtin | stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:OWNER/NAME[@REV][:PATTERN[:COLUMN]]"
 TOKENIZER_HELP = "byte | bpe:VOCAB (e.g. bpe:8192, trained on the train split only)"
 
 
@@ -35,7 +35,8 @@ def default_device() -> str:
 def cmd_prepare(args) -> int:
     from gpt.data import prepare
 
-    dataset = prepare(args.data, root=Path(args.out) if args.out else None, seed=args.seed, tokenizer=args.tokenizer)
+    dataset = prepare(args.data, root=Path(args.out) if args.out else None, secret=args.secret,
+                      tokenizer=args.tokenizer)
     m = dataset.manifest
     print(f"dataset:   {dataset.path}")
     print(f"source:    {m['source']}")
@@ -74,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="prepare a dataset (splits, canaries, token memmaps)")
-    p.add_argument("--data", default="stdlib", help=DATA_HELP)
+    p.add_argument("--data", default="builtin", help=DATA_HELP + " (default: builtin)")
     p.add_argument("--tokenizer", default="byte", help=TOKENIZER_HELP)
     p.add_argument("--out", help="dataset root folder (default: $EVO_DATA_DIR or ~/.cache/evo/data)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (fixes the canaries)")
+    p.add_argument("--secret", help="dataset secret, hex (e.g. 32 hex digits): fixes the splits and canaries, for a "
+                                    "reproducible dataset (default: a random one, kept in the manifest)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("eval", help="train and score one genome through the harness")

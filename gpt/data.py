@@ -1,32 +1,39 @@
-"""Corpus preparation: documents -> deterministic content-hash splits -> token memmaps.
+"""Corpus preparation: documents -> secret-keyed content-hash splits -> token memmaps.
 
 A prepared dataset is a folder:
 
-    <root>/<key>/manifest.json      sources, hashes, sizes, canaries (the harness only)
+    <root>/<key>/manifest.json      sources, secret, hashes, sizes, canaries (the harness only)
     <root>/<key>/train/train.bin    the only file a genome is ever given
     <root>/<key>/train/bpe.json     BPE merges (with --tokenizer bpe:VOCAB), learned from train only
     <root>/<key>/eval/{val,heldout,test}.bin
 
-Documents go to a split by a hash of their content, so the same document always lands
-in the same split and a document can never be in train and in an eval split. Canaries
-(random strings fixed by the dataset seed) are planted in the eval splits only; a model
-that scores them clearly better than never-planted controls has seen an eval split.
+Every dataset has a secret (random unless given; kept in the manifest, which genomes never
+see). A document goes to a split by an HMAC of its content under that secret, so the same
+document always lands in the same split of a dataset, a document can never be in train and
+in an eval split, and nobody without the secret can tell which documents are scored.
+Canaries (random strings fixed by the secret) are planted in the eval split files only,
+outside the scored stream (their token spans are in the manifest); a model that scores them
+clearly better than never-planted controls has seen an eval split.
 
-Sources: stdlib, pysource (every .py on sys.path), text:GLOB, parquet:GLOB[:COLUMN] and
-hf:REPO[:PATTERN[:COLUMN]] (parquet shards downloaded by gpt.hub). See docs/data.md.
+Sources: builtin (the Python 3.11 documentation, gpt/corpus), stdlib, pysource (every .py
+on sys.path), text:GLOB, parquet:GLOB[:COLUMN] and hf:REPO[:PATTERN[:COLUMN]] (parquet
+shards downloaded by gpt.hub). Documents over 64 KiB are cut at paragraphs. See docs/data.md.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
 import sys
 import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -39,19 +46,30 @@ from gpt.tokenizer import ByteTokenizer, load_tokenizer
 EVAL_SPLITS = ("val", "heldout", "test")
 SPLITS = ("train",) + EVAL_SPLITS
 DEFAULT_FRACTIONS = {"val": 0.04, "heldout": 0.04, "test": 0.04}
-DEFAULT_SOURCE = "stdlib"
+DEFAULT_SOURCE = "builtin"
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus"  # the builtin source; hidden from genomes
+BUILTIN_ARCHIVE = CORPUS_DIR / "python-docs-3.11.tar.xz"
 CANARIES_PER_SPLIT = 32
+CONTROL_CANARIES = 64  # never planted: what an unseen canary scores
 CANARY_COPIES = 4  # each planted canary appears this many times in its split
 CANARY_PREFIX = "# canary "
 CANARY_HEX_CHARS = 32
+SECRET_BYTES = 16  # a random secret is secrets.token_hex(SECRET_BYTES)
+SECRET_DRAWS = 16  # a random secret is drawn again (this often at most) while an eval split is far below its share
+BALANCE_MIN = 0.75  # ... that is, while it gets less than this much of the bytes its fraction promises
 MIN_EVAL_TOKENS = 4096
-FORMAT_VERSION = 2
+MIN_SPLIT_DOCUMENTS = 5  # a split with fewer documents is prepared, with a warning
+CHUNK_ABOVE_BYTES = 64 * 2**10  # a longer document is cut into documents of about CHUNK_BYTES
+CHUNK_BYTES = 16 * 2**10
+MAX_BAD_FILES_NAMED = 10
+FORMAT_VERSION = 3
 BPE_SAMPLE_BYTES = 8 * 2**20  # BPE merges are learned from at most this much of the train split
 BPE_FILE = "train/bpe.json"  # relative to the dataset folder
 PARALLEL_MIN_BYTES = 64 * 2**20  # a BPE split this large is tokenized by forked worker processes
 PROGRESS_AFTER_S = 3.0  # a preparation that runs longer reports its progress on stderr ...
 PROGRESS_EVERY_S = 5.0  # ... this often
 HUB_DIR = "hub"  # downloads (hf:...) under the data root
+SOURCE_KINDS = "builtin, stdlib, pysource, text:GLOB, parquet:GLOB[:COLUMN] or hf:REPO[:PATTERN[:COLUMN]]"
 
 
 def default_root() -> Path:
@@ -62,18 +80,44 @@ def default_root() -> Path:
 # ---------------------------------------------------------------- sources
 
 
+def _parse_source(source: str) -> tuple[str, str]:
+    """(kind, rest) of a source spec, or a UserError listing the kinds."""
+    kind, _, rest = source.partition(":")
+    if (kind in ("builtin", "stdlib", "pysource") and not rest) or (kind in ("text", "parquet", "hf") and rest):
+        return kind, rest
+    raise UserError(f"unknown data source {source!r}; use {SOURCE_KINDS}")
+
+
+def _builtin_documents(archive: Path = BUILTIN_ARCHIVE) -> Iterator[tuple[str, str]]:
+    """Every file of the committed documentation archive, in name order, as strict UTF-8."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+            for member in members:
+                name = member.name.removeprefix("./")
+                try:
+                    yield name, tar.extractfile(member).read().decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(f"{archive} member {name} is not UTF-8: the archive is damaged; "
+                                    f"restore it (git checkout -- {archive.name}) or reinstall evo") from None
+    except (OSError, tarfile.TarError) as exc:
+        raise UserError(f"cannot read the builtin corpus {archive}: {exc}; restore it (git checkout) or reinstall evo")
+
+
 def _stdlib_documents() -> Iterator[tuple[str, str]]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
     for path in sorted(root.rglob("*.py")):
         if skip.intersection(path.relative_to(root).parts):
             continue
-        yield str(path.relative_to(root)), _read_text(path)
+        yield str(path.relative_to(root)), _read_bytes(path).decode("utf-8", errors="replace")
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes().decode("utf-8", errors="replace")
+        return path.read_bytes()
     except OSError as exc:
         why = exc.strerror or str(exc)
         if path.is_symlink() and not path.exists():
@@ -81,14 +125,50 @@ def _read_text(path: Path) -> str:
         raise UserError(f"cannot read {path}: {why}; fix its permissions or drop it from the glob")
 
 
-def _text_documents(pattern: str) -> Iterator[tuple[str, str]]:
-    # files, and broken symlinks so that they fail loudly instead of silently shrinking the corpus
-    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+def _glob_files(kind: str, pattern: str, example: str) -> list[str]:
+    """The files (and broken symlinks, so that they fail loudly instead of silently shrinking
+    the corpus) a source glob matches, sorted; a directory or an empty match is a UserError."""
+    expanded = os.path.expanduser(pattern)
+    if os.path.isdir(expanded):
+        raise UserError(f"--data {kind}:{pattern} is a directory, not a glob of files; name its files, e.g. "
+                        f"--data {kind}:'{pattern.rstrip(os.sep)}/**/{example}' (quoted, so the shell does not "
+                        f"expand it)")
+    paths = sorted(p for p in glob.glob(expanded, recursive=True)
                    if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p)))
     if not paths:
-        raise UserError(f"--data text:{pattern} matched no files; check the glob (quote it so the shell does not expand it)")
+        raise UserError(f"--data {kind}:{pattern} matched no files; check the glob (quote it so the shell does not "
+                        f"expand it)")
+    return paths
+
+
+def _text_problem(data: bytes) -> str | None:
+    """Why a file is not a text document, or None."""
+    if b"\x00" in data:
+        return "NUL bytes"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 at byte {exc.start}"
+    return None
+
+
+def _text_documents(pattern: str) -> Iterator[tuple[str, str]]:
+    """One document per file, strict UTF-8: a binary or mis-encoded file would put replacement
+    characters or NULs into the corpus, so every such file is named (after reading them all)."""
+    paths = _glob_files("text", pattern, "*.txt")
+    bad: list[str] = []
     for p in paths:
-        yield p, _read_text(Path(p))
+        data = _read_bytes(Path(p))
+        problem = _text_problem(data)
+        if problem:
+            bad.append(f"{p} ({problem})")
+        else:
+            yield p, data.decode("utf-8")
+    if bad:
+        more = f" and {len(bad) - MAX_BAD_FILES_NAMED} more" if len(bad) > MAX_BAD_FILES_NAMED else ""
+        raise UserError(f"{len(bad)} of the {len(paths)} files matched by --data text:{pattern} are not UTF-8 text "
+                        f"without NUL bytes: {', '.join(bad[:MAX_BAD_FILES_NAMED])}{more}; exclude them from the "
+                        f"glob (e.g. a narrower pattern such as text:'DIR/**/*.txt'), or convert them to UTF-8")
 
 
 def _split_parquet_spec(rest: str) -> tuple[str, str]:
@@ -103,12 +183,8 @@ def _split_parquet_spec(rest: str) -> tuple[str, str]:
 def _parquet_documents(rest: str) -> Iterator[tuple[str, str]]:
     """One document per row, streamed a record batch at a time (shards are never loaded whole)."""
     pattern, column = _split_parquet_spec(rest)
-    paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    if not paths:
-        raise UserError(f"--data parquet:{pattern} matched no files; check the glob")
-    for p in paths:
+    for p in _glob_files("parquet", pattern, "*.parquet"):
         yield from parquet_file_documents(p, column)
-
 
 def parquet_file_documents(path, column: str = "text", batch_size: int = 1024) -> Iterator[tuple[str, str]]:
     """(name, text) for every non-empty row of one parquet file, read `batch_size` rows at a time."""
@@ -178,31 +254,175 @@ def _pysource_documents(roots: list[str] | None = None) -> Iterator[tuple[str, s
 
 
 def iter_documents(source: str, cache_dir: Path | None = None) -> Iterator[tuple[str, str]]:
-    """Yield (name, text) for every document of a data source spec. `cache_dir` holds
-    downloads (hf:...); default: the `hub` folder of the default data root."""
-    kind, _, rest = source.partition(":")
-    if kind == "stdlib" and not rest:
+    """Yield (name, text) for every document of a data source spec, as its source holds it
+    (before chunking: see `documents`). `cache_dir` holds downloads (hf:...); default: the
+    `hub` folder of the default data root."""
+    kind, rest = _parse_source(source)
+    if kind == "builtin":
+        return _builtin_documents()
+    if kind == "stdlib":
         return _stdlib_documents()
-    if kind == "text" and rest:
+    if kind == "text":
         return _text_documents(rest)
-    if kind == "parquet" and rest:
+    if kind == "parquet":
         return _parquet_documents(rest)
-    if kind == "pysource" and not rest:
+    if kind == "pysource":
         return _pysource_documents()
-    if kind == "hf" and rest:
-        from gpt.hub import hf_documents
+    from gpt.hub import hf_documents
 
-        return hf_documents(rest, Path(cache_dir) if cache_dir else default_root() / HUB_DIR)
-    raise UserError(f"unknown data source {source!r}; use stdlib, pysource, text:GLOB, parquet:GLOB[:COLUMN] "
-                    f"or hf:REPO[:PATTERN[:COLUMN]]")
+    return hf_documents(rest, _hub_cache(cache_dir))
 
 
-# ---------------------------------------------------------------- splitting
+def _hub_cache(cache_dir: Path | None) -> Path:
+    return Path(cache_dir) if cache_dir else default_root() / HUB_DIR
 
 
-def split_of(text: str, fractions: dict[str, float]) -> str:
-    """The split a document belongs to, from a hash of its content alone."""
-    u = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+def documents(source: str, cache_dir: Path | None = None) -> Iterator[tuple[str, str]]:
+    """The documents `prepare` splits: those of the source, each over CHUNK_ABOVE_BYTES cut
+    into pieces (named NAME#chunkI), so a corpus of a few big files still spreads over the splits."""
+    for name, text in iter_documents(source, cache_dir):
+        pieces = chunk_text(text)
+        if len(pieces) == 1:
+            yield name, text
+        else:
+            for i, piece in enumerate(pieces):
+                yield f"{name}#chunk{i}", piece
+
+
+def _minimal_dirs(paths: Iterable[str]) -> list[str]:
+    """The paths, each once, without those that lie inside another one (hiding that one hides them)."""
+    kept: list[str] = []
+    for p in sorted(set(paths)):
+        if not any(p == q or p.startswith(q.rstrip(os.sep) + os.sep) for q in kept):
+            kept.append(p)
+    return kept
+
+
+def document_roots(source: str, cache_dir: Path | None = None) -> list[str] | None:
+    """The real directories on disk that hold the documents of a source: what a sandbox must
+    hide from a genome so that it cannot read an eval document. None for stdlib and pysource:
+    their documents are the interpreter's own runtime, which a genome needs and cannot be denied.
+    `cache_dir` is the hub download folder (hf:...), as for `iter_documents`."""
+    kind, rest = _parse_source(source)
+    if kind in ("stdlib", "pysource"):
+        return None
+    if kind == "builtin":
+        return [os.path.realpath(CORPUS_DIR)]
+    if kind == "hf":
+        from gpt.hub import local_dir, parse_spec
+
+        return [os.path.realpath(local_dir(_hub_cache(cache_dir), parse_spec(rest)))]
+    pattern = rest if kind == "text" else _split_parquet_spec(rest)[0]
+    files = (p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    return _minimal_dirs(os.path.dirname(os.path.realpath(p)) for p in files)
+
+
+# ---------------------------------------------------------------- chunking
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their "\\n" (only "\\n" ends a line: str.splitlines also cuts at \\f, \\x1c, ...)."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _paragraphs(text: str) -> Iterator[str]:
+    """Runs of lines, each ended by a blank line (or the end of the text)."""
+    run: list[str] = []
+    for line in _lines(text):
+        run.append(line)
+        if not line.strip():
+            yield "".join(run)
+            run = []
+    if run:
+        yield "".join(run)
+
+
+def _byte_pieces(line: str, size: int) -> Iterator[str]:
+    """`line` in pieces of at most `size` bytes, each cut at a UTF-8 character boundary."""
+    data = line.encode("utf-8")
+    i = 0
+    while i < len(data):
+        j = min(i + size, len(data))
+        while j < len(data) and data[j] & 0xC0 == 0x80:  # a continuation byte: not a boundary
+            j -= 1
+        yield data[i:j].decode("utf-8")
+        i = j
+
+
+def _pieces(text: str) -> Iterator[tuple[str, int]]:
+    """(piece, bytes): paragraphs; a paragraph over 2*CHUNK_BYTES as lines; such a line as byte pieces."""
+    limit = 2 * CHUNK_BYTES
+    for para in _paragraphs(text):
+        n = _nbytes(para)
+        if n <= limit:
+            yield para, n
+            continue
+        for line in _lines(para):
+            n = _nbytes(line)
+            if n <= limit:
+                yield line, n
+            else:
+                for piece in _byte_pieces(line, CHUNK_BYTES):
+                    yield piece, _nbytes(piece)
+
+
+def chunk_text(text: str) -> list[str]:
+    """`text` as one document, or, over CHUNK_ABOVE_BYTES, as documents of about CHUNK_BYTES.
+
+    Real corpora come as a few big files too (tinyshakespeare is one 1.1 MB file); as single
+    documents they could not be split at all. Pieces (see `_pieces`) are packed in order: a
+    document is closed before the piece that would take it past CHUNK_BYTES once it holds
+    CHUNK_BYTES/2, and a short tail joins the document before it. So every document has at
+    least CHUNK_BYTES/2 and at most 3*CHUNK_BYTES bytes (mostly at most CHUNK_BYTES), and the
+    documents concatenate to exactly `text`."""
+    if len(text) * 4 <= CHUNK_ABOVE_BYTES or _nbytes(text) <= CHUNK_ABOVE_BYTES:
+        return [text]
+    chunks: list[list[str]] = []
+    sizes: list[int] = []
+    current: list[str] = []
+    size = 0
+    for piece, n in _pieces(text):
+        if current and size >= CHUNK_BYTES // 2 and size + n > CHUNK_BYTES:
+            chunks.append(current)
+            sizes.append(size)
+            current, size = [], 0
+        current.append(piece)
+        size += n
+    if current and chunks and size < CHUNK_BYTES // 2:
+        chunks[-1].extend(current)
+    elif current:
+        chunks.append(current)
+    return ["".join(c) for c in chunks]
+
+
+# ---------------------------------------------------------------- secret, splits, canaries
+
+
+def check_secret(secret: str | None) -> str | None:
+    """The secret in lower case, or a UserError: it must be hex (it keys an HMAC as bytes)."""
+    if secret is None:
+        return None
+    text = str(secret).strip().lower()
+    if not text or len(text) % 2 or not re.fullmatch(r"[0-9a-f]+", text):
+        raise UserError(f"dataset secret {secret!r} is not an even number of hex digits; give e.g. "
+                        f"{'00' * SECRET_BYTES} (any {2 * SECRET_BYTES} hex digits), or none for a random one")
+    return text
+
+
+def _mac(secret: str, message: bytes) -> bytes:
+    return hmac.new(bytes.fromhex(secret), message, hashlib.sha256).digest()
+
+
+def split_of(text: str, fractions: dict[str, float], secret: str) -> str:
+    """The split a document belongs to: HMAC-SHA256(secret, content) read as a uniform number
+    in [0, 1). Fixed by content and secret alone (the same document lands in the same split
+    of a dataset, whatever else the corpus holds), unknowable without the secret."""
+    u = int.from_bytes(_mac(secret, text.encode("utf-8"))[:8], "big") / 2**64
     edge = 0.0
     for name in EVAL_SPLITS:
         edge += fractions[name]
@@ -211,14 +431,24 @@ def split_of(text: str, fractions: dict[str, float]) -> str:
     return "train"
 
 
-def make_canaries(seed: int) -> dict[str, list[str]]:
-    """Random hex strings fixed by the seed: planted ones per eval split, plus controls planted nowhere."""
-    rng = np.random.default_rng([seed, 0xCA7A])
-    names = list(EVAL_SPLITS) + ["control"]
-    return {
-        name: ["".join(f"{b:x}" for b in rng.integers(0, 16, CANARY_HEX_CHARS)) for _ in range(CANARIES_PER_SPLIT)]
-        for name in names
-    }
+def make_canaries(secret: str) -> dict[str, list[str]]:
+    """Random hex strings fixed by the secret: CANARIES_PER_SPLIT planted ones per eval split,
+    and CONTROL_CANARIES controls planted nowhere (independent draws, so they score like the
+    planted ones would to a model that never saw them)."""
+    counts = {**{s: CANARIES_PER_SPLIT for s in EVAL_SPLITS}, "control": CONTROL_CANARIES}
+    return {group: [_mac(secret, f"canary:{group}:{i}".encode()).hex()[:CANARY_HEX_CHARS] for i in range(n)]
+            for group, n in counts.items()}
+
+
+def canary_text(canary: str) -> str:
+    """The text planted for a canary; the leading newline makes it start a line even after a
+    document without a final one."""
+    return f"\n{CANARY_PREFIX}{canary}\n"
+
+
+def _placement_rng(secret: str) -> np.random.Generator:
+    """Where canaries go between documents: fixed by the secret, unknowable without it."""
+    return np.random.default_rng(int.from_bytes(_mac(secret, b"placement"), "big"))
 
 
 def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
@@ -249,7 +479,31 @@ class Dataset:
         return self.train_path if split == "train" else self.path / "eval" / f"{split}.bin"
 
     def tokens(self, split: str) -> np.ndarray:
+        """Every token of the split file, planted canaries included."""
         return np.memmap(self.split_path(split), dtype=np.uint16, mode="r")
+
+    def canary_spans(self, split: str) -> np.ndarray:
+        """[n, 3] int64 rows (start, end, canary index), token offsets into the split file, end
+        exclusive, sorted: where each planted canary text lies. Empty for train."""
+        if split == "train":
+            return np.zeros((0, 3), np.int64)
+        spans = self.manifest.get("canary_spans")
+        if spans is None:
+            raise UserError(f"dataset {self.path} was prepared by an older evo (no canary spans in its manifest); "
+                            f"prepare it again (evo prepare)")
+        return np.asarray(spans[split], dtype=np.int64).reshape(-1, 3)
+
+    def text_tokens(self, split: str) -> np.ndarray:
+        """The split's documents only: its tokens with every canary span cut out. This is the
+        stream to score; canaries stay in the files so that a model trained on an eval split
+        file has seen them. For train it is just the tokens."""
+        tokens = self.tokens(split)
+        spans = self.canary_spans(split)
+        if not len(spans):
+            return tokens
+        starts = np.concatenate([[0], spans[:, 1]])
+        ends = np.concatenate([spans[:, 0], [len(tokens)]])
+        return np.concatenate([tokens[a:b] for a, b in zip(starts, ends)])
 
     @property
     def tokenizer(self):
@@ -257,8 +511,7 @@ class Dataset:
 
 
 def _tokenizer_key(spec: str) -> tuple[str, int, dict]:
-    """(name, vocab, what of the tokenizer goes into the dataset key). The byte tokenizer's
-    entry is exactly what it always was, so byte-level dataset keys and hashes do not move."""
+    """(name, vocab, what of the tokenizer goes into the dataset key)."""
     try:
         name, vocab = parse_tokenizer_spec(spec)
     except ValueError as exc:
@@ -267,6 +520,16 @@ def _tokenizer_key(spec: str) -> tuple[str, int, dict]:
         return name, vocab, ByteTokenizer().to_json()
     return name, vocab, {"name": "bpe", "vocab_size": vocab, "sample_bytes": BPE_SAMPLE_BYTES,
                          "format": BPE_FORMAT, "pattern": BPE_SPLIT_PATTERN}
+
+
+def dataset_key(doc_hashes: Iterable[str], fractions: dict[str, float], tokenizer_key: dict,
+                secret: str | None) -> str:
+    """The cache folder name: a hash of what fixes the dataset. An explicit secret is part of
+    it; a random one is not (it is drawn after the cache missed), so preparing the same corpus
+    again finds the dataset made before, with the secret stored in its manifest."""
+    material = json.dumps({"v": FORMAT_VERSION, "docs": sorted(doc_hashes), "fractions": fractions,
+                           "tokenizer": tokenizer_key, "secret": secret}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def bpe_sample(texts: list[str], hashes: list[str], budget: int) -> list[str]:
@@ -300,10 +563,9 @@ class _Reporter:
 _WORKER: dict = {}  # what forked tokenizer workers read: the tokenizer and the ordered texts of a split
 
 
-def _encode_range(bounds: tuple[int, int]) -> np.ndarray:
+def _encode_range(bounds: tuple[int, int]) -> list[np.ndarray]:
     tok, texts = _WORKER["tokenizer"], _WORKER["texts"]
-    parts = [tok.encode(t) for t in texts[bounds[0]:bounds[1]]]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+    return [tok.encode(t) for t in texts[bounds[0]:bounds[1]]]
 
 
 def _workers() -> int:
@@ -314,8 +576,9 @@ def _workers() -> int:
     return min(n, 16)
 
 
-def _encoded(tokenizer, texts: list[str], nbytes: int):
-    """Token arrays of `texts`, in order: in forked worker processes for a large BPE split."""
+def _encoded(tokenizer, texts: list[str], nbytes: int) -> Iterator[np.ndarray]:
+    """The token array of each of `texts`, one per text, in order (each text is tokenized on
+    its own, so canary spans are exact): in forked worker processes for a large BPE split."""
     import multiprocessing
 
     workers = _workers()
@@ -336,7 +599,8 @@ def _encoded(tokenizer, texts: list[str], nbytes: int):
     _WORKER.update(tokenizer=tokenizer, texts=texts)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            yield from pool.imap(_encode_range, bounds)
+            for arrays in pool.imap(_encode_range, bounds):
+                yield from arrays
     finally:
         _WORKER.clear()
 
@@ -355,74 +619,165 @@ def _clean_stale_tmp(out: Path) -> None:
             pass  # not ours to judge: a live process, another user's, or an odd name
 
 
-def prepare(
-    source: str = DEFAULT_SOURCE,
-    root: Path | None = None,
-    fractions: dict[str, float] | None = None,
-    seed: int = 0,
-    progress=None,
-    tokenizer: str = "byte",
-) -> Dataset:
-    """Prepare (or reuse from cache) the dataset for `source`. Same input, same hashes.
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    """Write manifest.json whole or not at all (a reader never sees half of it)."""
+    tmp = folder / f"manifest.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, folder / "manifest.json")
 
-    `tokenizer` is "byte" (the default) or "bpe:VOCAB": a BPE tokenizer trained on (a
-    bounded sample of) the train split only, saved with the dataset in train/."""
-    fractions = check_fractions(fractions or {})
-    tok_name, tok_vocab, tok_key = _tokenizer_key(tokenizer)
-    canaries = make_canaries(seed)
-    report = _Reporter()
-    data_root = Path(root or default_root())
 
+def _note_roots(dataset: Dataset, roots: list[str] | None) -> None:
+    """A cached dataset found again from other files of the same content (a copied corpus):
+    its manifest gets those folders too, so that a sandbox hides every copy."""
+    manifest = dataset.manifest
+    stored = manifest.get("document_roots")
+    if roots is None or (stored is not None and set(roots) <= set(stored)):
+        return
+    manifest["document_roots"] = _minimal_dirs((stored or []) + roots)
+    try:
+        _write_manifest(dataset.path, manifest)
+    except OSError as exc:  # a read-only shared cache: the dataset is still usable
+        print(f"warning: cannot record the document folders {roots} in {dataset.path}/manifest.json ({exc}); "
+              f"a sandbox will not hide them from genomes", file=sys.stderr, flush=True)
+
+
+def _read_corpus(source: str, data_root: Path, progress, report) -> tuple[list[str], list[str], int]:
+    """(texts, their sha256 hex, duplicates removed) of the source's documents, chunked, each content once."""
+    texts: list[str] = []
+    hashes: list[str] = []
     seen: set[str] = set()
-    docs: dict[str, list[str]] = {s: [] for s in SPLITS}
-    doc_hashes: dict[str, list[str]] = {s: [] for s in SPLITS}
-    duplicates = 0
-    read_bytes = 0
-    for _, text in iter_documents(source, cache_dir=data_root / HUB_DIR):
+    duplicates = read_bytes = 0
+    for _, text in documents(source, cache_dir=data_root / HUB_DIR):
         h = hashlib.sha256(text.encode("utf-8")).hexdigest()
         if h in seen:
             duplicates += 1
             continue
         seen.add(h)
-        split = split_of(text, fractions)
-        docs[split].append(text)
-        doc_hashes[split].append(h)
+        texts.append(text)
+        hashes.append(h)
         read_bytes += len(text)
         if progress:
             progress(len(seen))
         report(lambda: f"read {len(seen)} documents, {read_bytes / 1e6:.0f} MB")
+    return texts, hashes, duplicates
 
-    key_material = json.dumps(
-        {"v": FORMAT_VERSION, "docs": {s: doc_hashes[s] for s in SPLITS}, "fractions": fractions,
-         "seed": seed, "tokenizer": tok_key},
-        sort_keys=True,
-    )
-    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
-    out = data_root / key
-    if (out / "manifest.json").exists():
-        return Dataset(out)
 
-    n_bytes = {s: sum(len(t.encode("utf-8")) for t in docs[s]) for s in SPLITS}
+def _too_small(source: str, fractions: dict[str, float], n_bytes: dict[str, int], explicit: bool) -> str | None:
+    """Why a split assignment is unusable (a split under its minimum size), or None."""
     for split in SPLITS:
         need = MIN_EVAL_TOKENS if split != "train" else 10 * MIN_EVAL_TOKENS
         if n_bytes[split] < need:
-            raise UserError(
-                f"corpus {source!r} is too small: the {split} split got {n_bytes[split]} bytes, needs at least {need}; "
-                + ("give more documents" if split == "train" else
-                   f"give more documents (each eval split gets about {fractions[split]:.0%} of them, by content hash)")
-            )
+            how = ("give more documents" if split == "train" else
+                   f"give more documents (each eval split gets about {fractions[split]:.0%} of them, "
+                   f"by a keyed hash of their content)")
+            if explicit and split != "train":
+                how += ", or another secret"
+            return f"corpus {source!r} is too small: the {split} split got {n_bytes[split]} bytes, " \
+                   f"needs at least {need}; {how}"
+    return None
 
-    # the order of every split's texts: documents, with canaries planted at seeded boundaries
-    rng = np.random.default_rng([seed, 0x5EED])
-    sequences: dict[str, list[str]] = {}
+
+def _balance(n_bytes: dict[str, int], fractions: dict[str, float]) -> float:
+    """The smallest share an eval split got of the bytes its fraction promises (1.0: exactly its share)."""
+    total = sum(n_bytes.values())
+    return min(n_bytes[s] / (fractions[s] * total) for s in EVAL_SPLITS)
+
+
+def _assign(source: str, texts: list[str], fractions: dict[str, float],
+            secret: str | None) -> tuple[str, list[str]]:
+    """(secret, split of every text).
+
+    An explicit secret is used as it is. A random one is drawn again, SECRET_DRAWS times at
+    most, until every eval split gets at least BALANCE_MIN of the bytes its fraction promises:
+    with a few hundred documents (the builtin corpus, one big file cut into dozens) a single
+    draw often leaves an eval split with half its share, or under its minimum. Failing that,
+    the most balanced draw that meets the minimums is taken. The secret stays random and
+    unknown to genomes; only split sizes are conditioned on, never which document is where."""
+    sizes = [_nbytes(t) for t in texts]
+    best: tuple[float, str, list[str]] | None = None
+    problem = None
+    for _ in range(1 if secret else SECRET_DRAWS):
+        chosen = secret or secrets.token_hex(SECRET_BYTES)
+        splits = [split_of(t, fractions, chosen) for t in texts]
+        n_bytes = dict.fromkeys(SPLITS, 0)
+        for split, n in zip(splits, sizes):
+            n_bytes[split] += n
+        problem = _too_small(source, fractions, n_bytes, explicit=secret is not None)
+        if problem is not None:
+            continue
+        balance = _balance(n_bytes, fractions)
+        if secret or balance >= BALANCE_MIN:
+            return chosen, splits
+        if best is None or balance > best[0]:
+            best = (balance, chosen, splits)
+    if best is None:
+        raise UserError(problem)
+    return best[1], best[2]
+
+
+def _few_documents_warnings(docs: dict[str, list[str]]) -> list[str]:
+    """A split of very few documents is scored on them alone: its number says little."""
+    out = []
     for split in SPLITS:
-        texts = list(docs[split])
+        if len(docs[split]) < MIN_SPLIT_DOCUMENTS:
+            out.append(f"the {split} split got only {len(docs[split])} document(s) (fewer than {MIN_SPLIT_DOCUMENTS}), "
+                       f"so its score rests on very few texts; give more (or more, smaller) documents")
+    return out
+
+
+def prepare(
+    source: str = DEFAULT_SOURCE,
+    root: Path | None = None,
+    fractions: dict[str, float] | None = None,
+    secret: str | None = None,
+    progress=None,
+    tokenizer: str = "byte",
+) -> Dataset:
+    """Prepare (or reuse from cache) the dataset for `source`.
+
+    `secret` (hex) fixes the splits, the canaries and where they are planted; None draws a
+    random one, stored in the manifest. The same corpus with the same explicit secret gives
+    the same files; the same corpus without one gives back the dataset prepared before.
+    `tokenizer` is "byte" (the default) or "bpe:VOCAB": a BPE tokenizer trained on (a
+    bounded sample of) the train split only, saved with the dataset in train/."""
+    fractions = check_fractions(fractions or {})
+    explicit = check_secret(secret)
+    tok_name, tok_vocab, tok_key = _tokenizer_key(tokenizer)
+    report = _Reporter()
+    data_root = Path(root or default_root())
+
+    texts, text_hashes, duplicates = _read_corpus(source, data_root, progress, report)
+    roots = document_roots(source, cache_dir=data_root / HUB_DIR)
+    key = dataset_key(text_hashes, fractions, tok_key, explicit)
+    out = data_root / key
+    if (out / "manifest.json").exists():
+        _note_roots(Dataset(out), roots)
+        return Dataset(out)
+
+    secret, assigned = _assign(source, texts, fractions, explicit)
+    docs: dict[str, list[str]] = {s: [] for s in SPLITS}
+    doc_hashes: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for text, h, split in zip(texts, text_hashes, assigned):
+        docs[split].append(text)
+        doc_hashes[split].append(h)
+    del texts, text_hashes, assigned
+    n_bytes = {s: sum(_nbytes(t) for t in docs[s]) for s in SPLITS}
+    warnings = _few_documents_warnings(docs)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+    # every split's texts in order, each with its canary index (-1: a document); canaries are
+    # planted between documents at places fixed by the secret
+    canaries = make_canaries(secret)
+    rng = _placement_rng(secret)
+    sequences: dict[str, list[tuple[str, int]]] = {}
+    for split in SPLITS:
+        seq = [(t, -1) for t in docs[split]]
         if split != "train":
-            # a leading newline: the canary starts a line even after a document without a final one
-            planted = [f"\n{CANARY_PREFIX}{c}\n" for c in canaries[split] for _ in range(CANARY_COPIES)]
-            for c in planted:
-                texts.insert(int(rng.integers(0, len(texts) + 1)), c)
-        sequences[split] = texts
+            for i, c in enumerate(canaries[split]):
+                for _ in range(CANARY_COPIES):
+                    seq.insert(int(rng.integers(0, len(seq) + 1)), (canary_text(c), i))
+        sequences[split] = seq
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(out)
@@ -445,32 +800,41 @@ def prepare(
             tok_manifest = {"name": "bpe", "vocab_size": tok.vocab_size, "requested_vocab_size": tok_vocab,
                             "path": BPE_FILE, "sha256": digest, "sample_bytes": BPE_SAMPLE_BYTES,
                             "format": BPE_FORMAT, "pattern": BPE_SPLIT_PATTERN}
-        hashes, n_tokens = {}, {}
+        hashes, n_tokens, spans, scored = {}, {}, {}, {}
         for split in SPLITS:
             path = tmp / ("train/train.bin" if split == "train" else f"eval/{split}.bin")
-            hasher, count = hashlib.sha256(), 0
+            hasher, count, split_spans = hashlib.sha256(), 0, []
             total = n_bytes[split]
+            seq = sequences[split]
             with open(path, "wb") as f:
-                for arr in _encoded(tok, sequences[split], total):
+                for arr, (_, canary) in zip(_encoded(tok, [t for t, _ in seq], total), seq):
                     data = arr.astype(np.uint16, copy=False).tobytes()
                     f.write(data)
                     hasher.update(data)
+                    if canary >= 0:
+                        split_spans.append([count, count + len(arr), canary])
                     count += len(arr)
                     report(lambda: f"tokenizing {split}: {count} tokens so far of ~{total / 1e6:.0f} MB")
             hashes[split], n_tokens[split] = hasher.hexdigest(), count
+            spans[split] = split_spans
+            scored[split] = count - sum(e - s for s, e, _ in split_spans)
         manifest = {
             "format": FORMAT_VERSION,
             "key": key,
             "source": source,
-            "seed": seed,
+            "secret": secret,
+            "document_roots": roots,
             "fractions": fractions,
             "tokenizer": tok_manifest,
             "documents": {s: len(docs[s]) for s in SPLITS},
             "duplicates_removed": duplicates,
             "tokens": n_tokens,
+            "scored_tokens": scored,
             "bytes": n_bytes,
             "hashes": hashes,
             "canaries": {"prefix": CANARY_PREFIX, "copies": CANARY_COPIES, **canaries},
+            "canary_spans": {s: spans[s] for s in EVAL_SPLITS},
+            "warnings": warnings,
             "python": sys.version.split()[0],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -240,6 +240,7 @@ class Scorer:
         self.proc = subprocess.Popen(cmd, cwd=scratch, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
         sandboxing.register_child(self.proc.pid)
+        self.procs = sandboxing.SlotProcesses(uuid.uuid4().hex, root_pid=self.proc.pid)
         self.used = False
 
     def score(self, request: dict) -> dict:
@@ -258,9 +259,11 @@ class Scorer:
                 self.proc.stdin.close()
             except OSError:
                 pass
+        self.procs.kill_all()  # the sandbox's own helpers too, reaped once they are re-parented here
         _kill_group(self.proc.pid)
         self.proc.wait()
         sandboxing.unregister_child(self.proc.pid)
+        self.procs.reap()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
@@ -362,6 +365,7 @@ def _stop_slot(proc: subprocess.Popen, procs: sandboxing.SlotProcesses) -> None:
     procs.kill_all()  # the backstop: every process still carrying EVO_SLOT_TOKEN or living in the slot's namespace
     _kill_group(proc.pid)
     proc.wait()
+    procs.reap()  # the sandbox's helpers, re-parented to the runner when the root was reaped
 
 
 def _scorer_result(returncode: int, stdout: str, stderr: str) -> dict:

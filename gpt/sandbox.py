@@ -358,13 +358,29 @@ def _probe_netns() -> tuple[dict | None, str]:
 
 
 def _run_probe(cmd: list[str], cwd: Path) -> str | None:
+    """Run a probe command; its helpers are watched while it runs, so that any the runner adopts as
+    subreaper (bwrap's namespace init) is reaped rather than left a zombie."""
     try:
-        p = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=PROBE_TIMEOUT_S, env={"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        p = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"})
+    except OSError as exc:
         return str(exc)
+    procs = SlotProcesses("probe", root_pid=p.pid)
+    try:
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while p.poll() is None and time.monotonic() < deadline:
+            procs.scan()
+            time.sleep(0.005)
+        if p.poll() is None:
+            procs.kill_all()
+            p.kill()
+            return f"the probe took over {PROBE_TIMEOUT_S:g} s"
+        _, stderr = p.communicate()
+    finally:
+        p.wait()
+        procs.reap()
     if p.returncode != 0:
-        return (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
+        return (stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
     return None
 
 
@@ -546,7 +562,6 @@ class SlotProcesses:
             elif (st.ppid == me and self.root_pid and st.start >= self.since and pid not in _RUNNER_CHILDREN
                   and st.sid != self.my_sid):
                 found.add(pid)  # an orphan of a killed supervisor, re-parented to the runner
-                self.adopted.add((pid, st.start))
         grew = True
         while grew:  # everything descended from a slot process is the slot's
             extra = {pid for pid, st in table.items() if st.ppid in found and pid not in found}
@@ -556,6 +571,8 @@ class SlotProcesses:
         for pid in found:
             st = table[pid]
             self.members.add((pid, st.start))
+            if st.ppid == me and pid not in _RUNNER_CHILDREN and pid != self.root_pid:
+                self.adopted.add((pid, st.start))  # its supervisor is gone: it reached the runner as subreaper
             self.cpu[(pid, st.start)] = max(self.cpu.get((pid, st.start), 0), st.cpu_ticks)
             ns = _pid_ns(pid)
             if ns is not None and ns != _OWN_NS:
@@ -590,18 +607,29 @@ class SlotProcesses:
         for pid in seen:  # wait until they are gone (or zombies whose parent will reap them)
             while time.monotonic() < deadline and _pid_ns(pid) is not None and _alive(pid):
                 time.sleep(0.01)
-        self._reap_adopted()
+        self.reap()
         return seen
 
-    def _reap_adopted(self) -> None:
-        """Adopted orphans are the runner's children now: reap them, or they stay zombies."""
-        for pid, _ in list(self.adopted):
-            if pid in _RUNNER_CHILDREN:
+    def reap(self) -> None:
+        """Slot processes re-parented to the runner (its subreaper) are its children now: reap the dead
+        ones, or they stay zombies. A zombie is reaped only if it was seen in the slot with the same start
+        time, or if it would have been adopted by `scan` (started after the slot, in a session of its
+        own, not a process the runner started itself)."""
+        me = os.getpid()
+        seen = dict(self.members)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
                 continue
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+            pid = int(entry)
+            st = _stat(pid)
+            if st is None or st.state != "Z" or st.ppid != me or pid in _RUNNER_CHILDREN:
+                continue
+            ours = seen.get(pid) == st.start or (self.root_pid and st.start >= self.since and st.sid != self.my_sid)
+            if ours:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
 
 def _signal(pid: int, sig: int) -> None:

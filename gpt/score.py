@@ -1,17 +1,27 @@
-"""Trusted scoring, in its own process: load an exported program, compute bits per byte and probes.
+"""Trusted scoring, in its own (sandboxed) process: load an artifact, compute bits per byte and probes.
 
-This process never imports genome code: it loads a `torch.export` artifact, computes
-log-softmax over the full logits itself and divides by the byte length of every target
-token. Run as `python -m gpt.score` with a JSON request on stdin and the JSON result on
-stdout; it imports torch before reading stdin so the slot runner can start it early.
+This process never imports genome code: it loads the artifact through `gpt.artifact` (data:
+a checked graph of ATen ops and safetensors weights), computes log-softmax over the full
+logits itself and divides by the byte length of every target token. Run as
+`python -m gpt.score` with a JSON request on stdin and the JSON result on stdout; it
+imports torch before reading stdin so the slot runner can start it early.
 
-Probes (each pass/fail):
-- causality: at random cut points, prefix log-probs must not move when the suffix is
-  replaced (tolerance CAUSALITY_TOL nats: float32 reductions differ by ~1e-6 when
-  unrelated batch content changes; bf16 models are allowed CAUSALITY_TOL_LOWP);
-- canary: bpb on canaries planted in each eval split vs controls planted nowhere;
-- stateless: the graph mutates no parameter, buffer or input, and a batch scored before
-  and after the evaluation scores the same.
+The metric: bits per byte on the split's *documents only* (`Dataset.text_tokens`: the planted
+canaries are cut out of the stream), in non-overlapping windows of `seq_len` from the start,
+`eval_tokens` target tokens per split, batches of SCORE_BATCH rows. Every result says how
+many tokens it scored.
+
+Probes run on batches of the same shape as scoring, in an order shuffled by the request's
+`probe_seed` (drawn by the runner per evaluation; the genome never sees it), so a model
+cannot tell a probe from a scoring batch. All of them fail closed: a non-finite logit fails
+the evaluation (`nan`), a non-finite probe statistic fails the probe.
+- causality: a scoring batch of val is run again with each row's suffix after a secret cut
+  replaced by other real text; the prefix log-probs must not move (CAUSALITY_TOL nats, the
+  same for every dtype: an honest causal model gives identical prefix outputs);
+- canary: each planted canary, in the context it has in its split, scored against
+  controls (planted nowhere) in the same contexts;
+- stateless: the graph mutates no parameter, buffer or input, and a secret scoring batch
+  run twice scores the same.
 """
 from __future__ import annotations
 
@@ -19,18 +29,18 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gpt import artifact
-from gpt.data import CANARY_PREFIX, Dataset
+from gpt.data import CANARY_PREFIX, Dataset, canary_text
 
 DEFAULT_EVAL_TOKENS = 32768
-CAUSALITY_CUTS = 4
+SCORE_BATCH = 32
 CAUSALITY_TOL = 1e-3
-CAUSALITY_TOL_LOWP = 5e-2
 # Planted canaries must beat the controls by CANARY_MIN_GAP_BITS bits per byte AND by
 # CANARY_SIGMAS standard errors to fail the probe. Calibrated on a 400 KB text corpus
 # (fractions 0.1, 8 dataset seeds, val/heldout/test) with models that never saw an eval
@@ -47,7 +57,11 @@ STATELESS_TOL = 1e-5
 
 
 class BadOutput(Exception):
-    """The model's output is not logits of the right shape, or not finite."""
+    """The model's output is not logits of the right shape."""
+
+
+class NonFinite(Exception):
+    """The model's output holds a NaN or an infinity: the evaluation fails closed."""
 
 
 def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -56,53 +70,86 @@ def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*x.shape, vocab_size):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise BadOutput(f"model returned {shape}, expected logits of shape {(*x.shape, vocab_size)}")
+    if not torch.isfinite(logits).all():
+        raise NonFinite("the model's logits hold NaN or infinite values")
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str) -> torch.Tensor:
+    """Negative log-likelihood (nats, float64, on the CPU) of every target of (seq_len + 1)-token rows."""
+    chunk = rows.to(device)
+    lp = _log_probs(fn, chunk[:, :-1], vocab_size)
+    return -lp.gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1).double().cpu()
+
+
 def windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
-    """Non-overlapping (seq_len + 1)-token windows from the start of a split."""
+    """Non-overlapping (seq_len + 1)-token windows from the start of a stream."""
     n = min(max(n_tokens // seq_len, 1), (len(tokens) - 1) // seq_len)
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
     return tokens[idx].astype(np.int64)
 
 
 def bits_per_byte(fn, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int, n_tokens: int,
-                  vocab_size: int, device: str, batch_size: int = 32) -> float:
+                  vocab_size: int, device: str, batch_size: int = SCORE_BATCH) -> float:
     """Sum of target-token negative log2-likelihoods over the sum of their byte lengths."""
     w = torch.from_numpy(windows(tokens, seq_len, n_tokens))
     tb = torch.from_numpy(token_bytes)
-    nats, nbytes = 0.0, 0
-    for i in range(0, len(w), batch_size):
-        chunk = w[i:i + batch_size].to(device)
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        lp = _log_probs(fn, x, vocab_size)
-        nats += float(-lp.gather(-1, y.unsqueeze(-1)).double().sum())
-        nbytes += int(tb[y.cpu()].sum())
-    return nats / math.log(2) / nbytes
+    nats = sum(float(_target_nll(fn, w[i:i + batch_size], vocab_size, device).sum()) for i in range(0, len(w), batch_size))
+    return nats / math.log(2) / int(tb[w[:, 1:]].sum())
 
 
-def causality_probe(fn, tokens: np.ndarray, seq_len: int, vocab_size: int, device: str, seed: int) -> dict:
-    """Replace the suffix after a random cut; the prefix log-probs must stay put."""
-    rng = np.random.default_rng([seed, 0xCA05])
-    x = torch.from_numpy(windows(tokens, seq_len, CAUSALITY_CUTS * seq_len)[:CAUSALITY_CUTS, :-1]).to(device)
-    cuts = rng.integers(1, seq_len, len(x))
-    x2 = x.clone()
-    for b, c in enumerate(cuts):
-        x2[b, c:] = torch.from_numpy(rng.integers(0, vocab_size, seq_len - c)).to(device)
-    with torch.no_grad():
-        low_precision = fn(x[:1]).dtype in (torch.bfloat16, torch.float16)
-    lp, lp2 = _log_probs(fn, x, vocab_size), _log_probs(fn, x2, vocab_size)
-    worst = max(float((lp[b, :c] - lp2[b, :c]).abs().max()) for b, c in enumerate(cuts))
-    tol = CAUSALITY_TOL_LOWP if low_precision else CAUSALITY_TOL
-    return {"pass": worst <= tol, "max_prefix_change": worst, "tolerance": tol, "cuts": cuts.tolist()}
+@dataclass
+class CanaryRows:
+    """Rows of (seq_len + 1) tokens: split context, then a canary; `scored` marks the canary's targets."""
+
+    rows: torch.Tensor  # [n, seq_len + 1]
+    scored: torch.Tensor  # [n, seq_len] bool
+    owner: list  # per row: ("planted", canary index) or ("control", control index)
+
+
+def canary_rows(dataset: Dataset, split: str, seq_len: int) -> CanaryRows:
+    """Each planted canary once (its first planting with a full context), as it lies in the split file;
+    each control after the context of a planted one, tokenized as it would be planted."""
+    tok = dataset.tokenizer
+    token_bytes = tok.token_bytes()
+    tokens = dataset.tokens(split)
+    n_prefix = len(("\n" + CANARY_PREFIX).encode("utf-8"))
+    contexts, rows, scored, owner = [], [], [], []
+
+    def add(context: np.ndarray, canary: np.ndarray, who) -> None:
+        ends = np.cumsum(token_bytes[canary])
+        row = np.concatenate([context, canary])
+        mask = np.zeros(seq_len, bool)
+        first = len(context)
+        for k in np.flatnonzero(ends > n_prefix):  # canary token k is the target at position first + k - 1
+            mask[first + k - 1] = True
+        rows.append(row)
+        scored.append(mask)
+        owner.append(who)
+
+    done = set()
+    for start, end, idx in dataset.canary_spans(split):
+        length = end - start
+        need = seq_len + 1 - length
+        if idx in done or start < need or length >= seq_len:
+            continue
+        contexts.append(start)
+        add(np.asarray(tokens[start - need:start], dtype=np.int64), np.asarray(tokens[start:end], dtype=np.int64),
+            ("planted", int(idx)))
+        done.add(idx)
+    if not contexts:
+        raise ValueError(f"no canary of the {split} split has {seq_len} tokens of context before it")
+    for j, control in enumerate(dataset.manifest["canaries"]["control"]):
+        canary = tok.encode(canary_text(control)).astype(np.int64)
+        start, need = contexts[j % len(contexts)], seq_len + 1 - len(canary)
+        if 0 < need <= start:
+            add(np.asarray(tokens[start - need:start], dtype=np.int64), canary, ("control", j))
+    return CanaryRows(torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(scored)), owner)
 
 
 def canary_bits(fn, tokenizer, canaries: list[str], vocab_size: int, device: str) -> np.ndarray:
-    """Mean bits per byte of each canary's random part, after its fixed prefix.
-
-    Prefix and canary are encoded together, as they appear in the data (a BPE tokenizer may
-    merge the prefix's last byte into the canary); every token ending past the prefix is
-    scored. Canaries of equal token length are scored in one batch."""
+    """Mean bits per byte of each canary's random part, each scored on its own after a newline
+    (no split context): the stand-alone form, for tokenizer tests and quick checks."""
     context = "\n" + CANARY_PREFIX
     n_context = len(context.encode("utf-8"))
     token_bytes = tokenizer.token_bytes()
@@ -120,20 +167,14 @@ def canary_bits(fn, tokenizer, canaries: list[str], vocab_size: int, device: str
     return out
 
 
-def canary_probe(fn, dataset: Dataset, splits, vocab_size: int, device: str) -> dict:
-    """A model that never saw an eval split scores its planted canaries like the controls."""
-    info = dataset.manifest["canaries"]
-    tok = dataset.tokenizer
-    control = canary_bits(fn, tok, info["control"], vocab_size, device)
-    out = {"pass": True, "control_bits": float(control.mean())}
-    for split in splits:
-        planted = canary_bits(fn, tok, info[split], vocab_size, device)
-        gap = float(control.mean() - planted.mean())
-        se = float(math.sqrt(planted.var(ddof=1) / len(planted) + control.var(ddof=1) / len(control)))
-        seen = gap > max(CANARY_MIN_GAP_BITS, CANARY_SIGMAS * se)
-        out[split] = {"planted_bits": float(planted.mean()), "gap_bits": gap, "stderr": se, "pass": not seen}
-        out["pass"] = out["pass"] and not seen
-    return out
+def canary_verdict(planted: np.ndarray, control: np.ndarray) -> dict:
+    """A model that never saw the split scores its planted canaries like the controls."""
+    gap = float(control.mean() - planted.mean())
+    se = float(math.sqrt(planted.var(ddof=1) / len(planted) + control.var(ddof=1) / len(control)))
+    finite = math.isfinite(gap) and math.isfinite(se)
+    seen = (not finite) or gap > max(CANARY_MIN_GAP_BITS, CANARY_SIGMAS * se)
+    return {"planted_bits": float(planted.mean()), "control_bits": float(control.mean()), "gap_bits": gap,
+            "stderr": se, "pass": not seen}
 
 
 def _write_target(node):
@@ -167,56 +208,138 @@ def graph_mutations(program) -> list[str]:
     return found
 
 
+@dataclass
+class Plan:
+    """Every batch one evaluation runs, in a secret order: scoring, canary, causality and repeat batches
+    all have SCORE_BATCH rows (or fewer, at a split's end) of seq_len + 1 tokens."""
+
+    batches: list  # (kind, split or None, index, rows tensor)
+    cuts: np.ndarray  # causality: per row of the probed batch, the first replaced position
+    probed: int  # which val scoring batch the causality batch copies
+    repeated: tuple  # (split, index) of the scoring batch run twice
+
+
+def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe_seed: int) -> Plan:
+    rng = np.random.default_rng([probe_seed, 0x5C0E])
+    batches = []
+    for split in splits:
+        w = torch.from_numpy(windows(dataset.text_tokens(split), seq_len, n_tokens))
+        for i in range(0, len(w), SCORE_BATCH):
+            batches.append(("score", split, i // SCORE_BATCH, w[i:i + SCORE_BATCH]))
+        c = canary_rows(dataset, split, seq_len)
+        for i in range(0, len(c.rows), SCORE_BATCH):
+            batches.append(("canary", split, i // SCORE_BATCH, c.rows[i:i + SCORE_BATCH]))
+    val = [b for b in batches if b[0] == "score" and b[1] == "val"]
+    probed = int(rng.integers(len(val)))
+    original = val[probed][3]
+    cuts = rng.integers(1, seq_len, len(original))
+    text = dataset.text_tokens("val")
+    altered = original.clone()
+    for r, cut in enumerate(cuts):  # the suffix becomes other real text of the split, from a secret place
+        src = int(rng.integers(0, len(text) - seq_len - 1))
+        altered[r, cut:] = torch.from_numpy(np.asarray(text[src:src + seq_len + 1 - cut], dtype=np.int64))
+    batches.append(("causality", "val", probed, altered))
+    scoring = [b for b in batches if b[0] == "score"]
+    rep = scoring[int(rng.integers(len(scoring)))]
+    batches.append(("repeat", rep[1], rep[2], rep[3]))
+    order = rng.permutation(len(batches))
+    return Plan([batches[i] for i in order], cuts, probed, (rep[1], rep[2]))
+
+
 def score(request: dict) -> dict:
-    """Score one artifact. Returns status, bpb per split and probe results."""
+    """Score one artifact. Returns status, bpb per split, the tokens scored and the probe results."""
     start = time.monotonic()
     dataset = Dataset(Path(request["dataset"]))
     device = request.get("device", "cpu")
     seq_len = int(request.get("seq_len", 256))
     n_tokens = int(request.get("eval_tokens", DEFAULT_EVAL_TOKENS))
-    seed = int(request.get("probe_seed", 0))  # drawn by the runner per evaluation; the genome never sees it
+    probe_seed = int(request.get("probe_seed", 0))
     splits = ["val", "heldout"] + (["test"] if request.get("test") else [])
     tok = dataset.tokenizer
     vocab = tok.vocab_size
-    result: dict = {"status": "ok", "reason": None}
+    token_bytes = torch.from_numpy(tok.token_bytes())
+    scoring = {"eval_tokens": n_tokens, "seq_len": seq_len, "batch_size": SCORE_BATCH}
+    result: dict = {"status": "ok", "reason": None, "scoring": scoring}
+
+    def failed(reason: str, detail: str) -> dict:
+        return {**result, "status": "failed", "reason": reason, "detail": detail, "eval_seconds": time.monotonic() - start}
+
     try:
         program = artifact.load(request["artifact"])
         fn = program.module().to(device)
     except artifact.BadArtifact as exc:
-        return {"status": "failed", "reason": "bad_artifact", "detail": str(exc), "eval_seconds": time.monotonic() - start}
+        return failed("bad_artifact", str(exc))
     try:
-        probe_batch = torch.from_numpy(windows(dataset.tokens("val"), seq_len, 2 * seq_len)[:2, :-1]).to(device)
-        before = _log_probs(fn, probe_batch, vocab)
+        work = plan(dataset, splits, seq_len, n_tokens, probe_seed)
+        nll: dict = {}
+        for kind, split, index, rows in work.batches:
+            nll[(kind, split, index)] = _target_nll(fn, rows, vocab, device)
+        probes = {}
         for split in splits:
-            result[f"{split}_bpb"] = bits_per_byte(fn, dataset.tokens(split), tok.token_bytes(), seq_len,
-                                                   n_tokens, vocab, device)
-        if not all(math.isfinite(result[f"{s}_bpb"]) for s in splits):
-            result.update(status="failed", reason="nan")
-            result["eval_seconds"] = time.monotonic() - start
-            return result
-        probes = {
-            "causality": causality_probe(fn, dataset.tokens("val"), seq_len, vocab, device, seed),
-            "canary": canary_probe(fn, dataset, splits, vocab, device),
-        }
-        after = _log_probs(fn, probe_batch, vocab)
+            keys = sorted(k for k in nll if k[0] == "score" and k[1] == split)
+            rows = torch.cat([b[3] for b in work.batches if b[0] == "score" and b[1] == split])
+            targets = rows[:, 1:]
+            result[f"{split}_bpb"] = float(sum(float(nll[k].sum()) for k in keys) / math.log(2)
+                                           / int(token_bytes[targets].sum()))
+            scoring[f"{split}_tokens"] = int(targets.numel())
+        result["scored_tokens"] = scoring["val_tokens"]
+        probes["causality"] = _causality(nll, work)
+        probes["canary"] = _canary(nll, dataset, splits, seq_len, token_bytes)
         mutations = graph_mutations(program)
-        drift = float((before - after).abs().max())
-        probes["stateless"] = {"pass": not mutations and drift <= STATELESS_TOL,
-                               "graph_mutations": mutations, "repeat_drift": drift}
+        drift = float((nll[("score", *work.repeated)] - nll[("repeat", *work.repeated)]).abs().max())
+        probes["stateless"] = {"pass": not mutations and drift <= STATELESS_TOL, "graph_mutations": mutations,
+                               "repeat_drift": drift}
+    except NonFinite as exc:
+        return failed("nan", str(exc))
     except BadOutput as exc:
-        return {"status": "failed", "reason": "bad_output", "detail": str(exc),
-                "eval_seconds": time.monotonic() - start}
+        return failed("bad_output", str(exc))
     except Exception as exc:
-        return {"status": "failed", "reason": "score_error", "detail": f"{type(exc).__name__}: {exc}",
-                "eval_seconds": time.monotonic() - start}
+        return failed("score_error", f"{type(exc).__name__}: {exc}")
     result["probes"] = probes
     for name, probe in probes.items():
+        probe["pass"] = bool(probe["pass"]) and all(math.isfinite(v) for v in _numbers(probe))  # fail closed
         result[name] = "pass" if probe["pass"] else "fail"
-    failed = [name for name, probe in probes.items() if not probe["pass"]]
-    if failed:
-        result.update(status="flagged", reason=",".join(failed))
+    failed_probes = [name for name, probe in probes.items() if not probe["pass"]]
+    if failed_probes:
+        result.update(status="flagged", reason=",".join(failed_probes))
     result["eval_seconds"] = time.monotonic() - start
     return result
+
+
+def _numbers(value):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield float(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+
+
+def _causality(nll: dict, work: Plan) -> dict:
+    """Prefix log-probs of the probed batch against its scoring pass: before each cut, nothing may move."""
+    before, after = nll[("score", "val", work.probed)], nll[("causality", "val", work.probed)]
+    worst = max(float((before[r, :c - 1] - after[r, :c - 1]).abs().max()) if c > 1 else 0.0
+                for r, c in enumerate(work.cuts))
+    return {"pass": worst <= CAUSALITY_TOL, "max_prefix_change": worst, "tolerance": CAUSALITY_TOL,
+            "rows": len(work.cuts)}
+
+
+def _canary(nll: dict, dataset: Dataset, splits: list[str], seq_len: int, token_bytes: torch.Tensor) -> dict:
+    out = {"pass": True}
+    for split in splits:
+        c = canary_rows(dataset, split, seq_len)
+        losses = torch.cat([nll[k] for k in sorted(k for k in nll if k[0] == "canary" and k[1] == split)])
+        byte_len = token_bytes[c.rows[:, 1:]].double()
+        bits = ((losses * c.scored).sum(1) / math.log(2) / (byte_len * c.scored).sum(1)).numpy()
+        planted = np.array([b for b, (who, _) in zip(bits, c.owner) if who == "planted"])
+        control = np.array([b for b, (who, _) in zip(bits, c.owner) if who == "control"])
+        out[split] = canary_verdict(planted, control)
+        out["pass"] = out["pass"] and out[split]["pass"]
+    return out
 
 
 def _warm_imports() -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a small text dataset built in seconds, and the default stdlib dataset.
+"""Shared fixtures: a small text dataset built in seconds, and the default (builtin) dataset.
 
 Both live in session temporary folders, so the suite never reads or writes the user's
 cache (~/.cache/evo/data) and a CI machine starts from nothing.
@@ -21,6 +21,9 @@ SMALL_FRACTIONS = {"val": 0.1, "heldout": 0.1, "test": 0.1}
 SMALL_CORPUS_BYTES = 400_000
 DOC_BYTES = 2000
 DUPLICATED_DOC = "doc_0000.txt"  # the fixture also writes an exact copy of it
+# The small dataset's secret: fixed, so that a test can prepare the same dataset again (same
+# key, same splits, same files) in another root. The default dataset has a random one.
+SMALL_SECRET = "00" * 16
 
 
 def corpus_documents(total_bytes: int = SMALL_CORPUS_BYTES, doc_bytes: int = DOC_BYTES) -> list[str]:
@@ -79,22 +82,26 @@ def small_source(small_corpus) -> str:
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory, small_source):
-    """The small corpus prepared into a session tmp root (about a second)."""
+    """The small corpus prepared into a session tmp root with SMALL_SECRET (about a second)."""
     from gpt.data import prepare
 
-    return prepare(small_source, root=tmp_path_factory.mktemp("small-data"), fractions=SMALL_FRACTIONS)
+    return prepare(small_source, root=tmp_path_factory.mktemp("small-data"), fractions=SMALL_FRACTIONS,
+                   secret=SMALL_SECRET)
 
 
 @pytest.fixture(scope="session")
 def stdlib_data_root(tmp_path_factory) -> Path:
-    """A session-private EVO_DATA_DIR: subprocesses get it through `data_env`."""
+    """A session-private EVO_DATA_DIR, the default dataset's root (the name is from when that
+    was the stdlib): subprocesses get it through `data_env`."""
     return tmp_path_factory.mktemp("evo-data")
 
 
 @pytest.fixture(scope="session")
-def stdlib_dataset(stdlib_data_root):
-    """The default dataset, `prepare()` with no arguments (stdlib source, default fractions),
-    made hermetic by pointing EVO_DATA_DIR at a session folder while it runs (~2 s)."""
+def default_dataset(stdlib_data_root):
+    """The default dataset, `prepare()` with no arguments (builtin source, default fractions,
+    a random secret), made hermetic by pointing EVO_DATA_DIR at a session folder while it runs
+    (under a second). A later `prepare()` with that EVO_DATA_DIR (a subprocess with `data_env`)
+    finds this dataset: the cache key does not depend on a random secret."""
     from gpt.data import prepare
 
     with pytest.MonkeyPatch.context() as mp:
@@ -105,9 +112,15 @@ def stdlib_dataset(stdlib_data_root):
 
 
 @pytest.fixture(scope="session")
+def stdlib_dataset(default_dataset):
+    """The default dataset under its old name (it was the stdlib source): other test files use it."""
+    return default_dataset
+
+
+@pytest.fixture(scope="session")
 def data_env(stdlib_data_root) -> dict:
     """Environment for `evo` / genome subprocesses: the caller's, with EVO_DATA_DIR pointing
-    at the session dataset root so `prepare()` in the child reuses `stdlib_dataset`."""
+    at the session dataset root so `prepare()` in the child reuses `default_dataset`."""
     env = dict(os.environ, EVO_DATA_DIR=str(stdlib_data_root), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env

@@ -12,12 +12,12 @@ import torch
 
 from gpt import data as data_mod
 from gpt.bpe import SPLIT_PATTERN, BPETokenizer, parse_spec, train_bpe
-from gpt.data import prepare, split_of
+from gpt.data import EVAL_SPLITS, canary_text, prepare, split_of
 from gpt.errors import UserError
 from gpt.score import bits_per_byte
 from gpt.tokenizer import ByteTokenizer, load_tokenizer
 
-from conftest import SMALL_FRACTIONS
+from conftest import SMALL_FRACTIONS, SMALL_SECRET
 
 ODD_TEXTS = [
     "",
@@ -141,7 +141,7 @@ def test_bits_per_byte_matches_byte_level_on_a_known_answer(tok, small_docs):
 @pytest.fixture(scope="module")
 def bpe_dataset(tmp_path_factory, small_source):
     return prepare(small_source, root=tmp_path_factory.mktemp("bpe-data"), fractions=SMALL_FRACTIONS,
-                   tokenizer="bpe:512")
+                   secret=SMALL_SECRET, tokenizer="bpe:512")
 
 
 def test_prepare_with_bpe(bpe_dataset, small_dataset, small_docs, small_source, tmp_path, monkeypatch):
@@ -154,7 +154,7 @@ def test_prepare_with_bpe(bpe_dataset, small_dataset, small_docs, small_source, 
     with pytest.raises(UserError):
         load_tokenizer(m["tokenizer"])  # a BPE tokenizer needs its dataset folder
     # the train split decodes to exactly the train documents, in order
-    train_docs = [d for d in small_docs if split_of(d, SMALL_FRACTIONS) == "train"]
+    train_docs = [d for d in small_docs if split_of(d, SMALL_FRACTIONS, SMALL_SECRET) == "train"]
     assert tok.decode(bpe_dataset.tokens("train")) == "".join(train_docs)
     assert m["bytes"] == small_dataset.manifest["bytes"]  # same documents, same split sizes in bytes
     assert m["documents"] == small_dataset.manifest["documents"]
@@ -163,24 +163,44 @@ def test_prepare_with_bpe(bpe_dataset, small_dataset, small_docs, small_source, 
     real_train = BPETokenizer.train
     spy = classmethod(lambda cls, texts, v: seen.extend(texts) or real_train(texts, v))
     monkeypatch.setattr(BPETokenizer, "train", spy)
-    prepare(small_source, root=tmp_path, fractions=SMALL_FRACTIONS, tokenizer="bpe:300")
+    prepare(small_source, root=tmp_path, fractions=SMALL_FRACTIONS, secret=SMALL_SECRET, tokenizer="bpe:300")
     train_set = set(train_docs)
     assert seen and all(any(d.startswith(s) for d in train_set) for s in seen)
 
 
+def test_bpe_canary_spans_are_exact_and_text_tokens_are_the_documents(bpe_dataset, small_docs):
+    """Every text is encoded on its own, so a canary's tokens are exactly those of its text and
+    cutting the spans out leaves exactly the split's documents, even though BPE merges across
+    what would otherwise be document/canary boundaries."""
+    tok, m = bpe_dataset.tokenizer, bpe_dataset.manifest
+    for split in EVAL_SPLITS:
+        tokens = np.asarray(bpe_dataset.tokens(split))
+        for start, end, index in bpe_dataset.canary_spans(split):
+            text = canary_text(m["canaries"][split][index])
+            assert tok.decode(tokens[start:end]) == text and np.array_equal(tokens[start:end], tok.encode(text))
+        docs = [d for d in small_docs if split_of(d, SMALL_FRACTIONS, SMALL_SECRET) == split]
+        text_tokens = bpe_dataset.text_tokens(split)
+        assert len(text_tokens) == m["scored_tokens"][split] < m["tokens"][split]
+        assert tok.decode(text_tokens) == "".join(docs)
+        assert np.array_equal(text_tokens, np.concatenate([tok.encode(d) for d in docs]))
+
+
 def test_explicit_byte_tokenizer_keeps_the_default_dataset(small_dataset, small_source):
-    again = prepare(small_source, root=small_dataset.path.parent, fractions=SMALL_FRACTIONS, tokenizer="byte")
+    again = prepare(small_source, root=small_dataset.path.parent, fractions=SMALL_FRACTIONS, secret=SMALL_SECRET,
+                    tokenizer="byte")
     assert again.path == small_dataset.path
     with pytest.raises(UserError, match="tokenizer"):
-        prepare(small_source, root=small_dataset.path.parent, fractions=SMALL_FRACTIONS, tokenizer="bpe:3")
+        prepare(small_source, root=small_dataset.path.parent, fractions=SMALL_FRACTIONS, secret=SMALL_SECRET,
+                tokenizer="bpe:3")
 
 
 def test_parallel_tokenization_gives_the_same_dataset(bpe_dataset, small_source, tmp_path, monkeypatch):
     """Large BPE splits are tokenized in forked workers; the bytes on disk must not change."""
     monkeypatch.setattr(data_mod, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(data_mod, "_workers", lambda: 2)
-    par = prepare(small_source, root=tmp_path, fractions=SMALL_FRACTIONS, tokenizer="bpe:512")
+    par = prepare(small_source, root=tmp_path, fractions=SMALL_FRACTIONS, secret=SMALL_SECRET, tokenizer="bpe:512")
     assert par.manifest["hashes"] == bpe_dataset.manifest["hashes"]
+    assert par.manifest["canary_spans"] == bpe_dataset.manifest["canary_spans"]
     assert par.path.name == bpe_dataset.path.name
 
 

@@ -102,7 +102,7 @@ def test_a_model_that_cannot_be_exported_fails_with_export_error(small_dataset, 
     assert (result["status"], result["reason"]) == ("failed", "export_error")
     assert says in result["detail"]
     assert says in result["stderr_tail"]
-    assert not (tmp_path / "work" / "model.pt2").exists()
+    assert not (tmp_path / "work" / "program.json").exists()
 
 
 # ---------------------------------------------------------------- environment, and a slot that succeeds

@@ -127,7 +127,7 @@ print("PROBES " + json.dumps(res))
 """
 
 EXPECTED_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH",
-                "EVO_SLOT_SPEC", "EVO_SLOT_TOKEN", "OMP_NUM_THREADS", "PWD"}  # bwrap sets PWD
+                "EVO_SLOT_SPEC", "EVO_SLOT_TOKEN", "EVO_CLOCK_FD", "OMP_NUM_THREADS", "PWD"}  # bwrap sets PWD
 
 
 @pytest.fixture
@@ -264,6 +264,43 @@ def test_daemons_do_not_outlive_the_slot(run_genome, level):
     assert processes_with(mark) == []
 
 
+KILL_SUPERVISOR = DAEMONS.replace('print("spawned", flush=True)', """print("spawned", flush=True)
+import signal
+try:
+    os.kill(os.getppid(), signal.SIGKILL)  # the supervisor: without it, who reaps the daemons?
+    print("killed the supervisor", flush=True)
+except OSError as exc:
+    print("could not kill the supervisor:", exc, flush=True)
+time.sleep(1)""")
+
+
+@pytest.mark.parametrize("level", AVAILABLE)
+def test_daemons_do_not_outlive_the_slot_even_when_the_genome_kills_its_supervisor(run_genome, level):
+    """Nothing of a slot survives it without the genome's cooperation: at `none` the orphans of the
+    killed supervisor are re-parented to the runner (a child subreaper), which finds and kills them;
+    under netns and bwrap they die with the slot's PID namespace."""
+    mark = f"evo-daemon-{uuid.uuid4().hex}"
+    result, stdout, _ = run_genome(KILL_SUPERVISOR.format(mark=mark, linger=0), level)
+    assert "spawned" in stdout
+    print(level, stdout.strip().splitlines()[-1], "escaped:", result["escaped_processes"])
+    assert result["status"] == "failed"
+    assert processes_with(mark) == []
+    if level == "none":
+        assert "killed the supervisor" in stdout
+        assert result["escaped_processes"] >= 2  # both daemons got away from it, and were caught here
+    zombies = [pid for pid in os.listdir("/proc") if pid.isdigit()
+               and Path(f"/proc/{pid}/stat").exists() and _is_zombie_child(pid)]
+    assert zombies == [], [Path(f"/proc/{z}/stat").read_text()[:80] for z in zombies]
+
+
+def _is_zombie_child(pid: str) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] == "Z" and int(fields[1]) == os.getpid()
+
+
 @pytest.mark.parametrize("level", AVAILABLE)
 def test_timeout_kills_the_genome_and_its_daemons(run_genome, level):
     mark = f"evo-daemon-{uuid.uuid4().hex}"
@@ -274,7 +311,7 @@ def test_timeout_kills_the_genome_and_its_daemons(run_genome, level):
     assert processes_with(mark) == []
 
 
-@pytest.mark.parametrize("name", ["model.pt2", "export_error.txt", "lab_timings.json"])
+@pytest.mark.parametrize("name", ["program.json", "weights.safetensors", "export_error.txt"])
 def test_a_planted_link_in_the_work_dir_is_flagged_not_followed(run_genome, small_dataset, name):
     """A genome that links a file the harness reads to the manifest (or to another genome's artifact, whose
     path it can guess) must not get the harness to read it: the slot is flagged, nothing is followed."""

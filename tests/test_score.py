@@ -1,7 +1,8 @@
 """The trusted scorer on models whose answers are known: exact bits per byte and each probe.
 
 Every model here is a real torch module, exported with the genome path's own
-`gpt.lab.export_model`, saved with `torch.export.save` and scored from the saved artifact.
+`gpt.lab.export_model`, saved with `gpt.artifact.save` (what `run.submit` writes) and scored
+from the saved artifact.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt import artifact
 from gpt import score as S
 from gpt.lab import export_model
 
@@ -27,18 +29,19 @@ VOCAB = 256
 # ---------------------------------------------------------------- helpers
 
 
-def save(model: nn.Module, path) -> str:
-    torch.export.save(export_model(model, SEQ_LEN, "cpu"), str(path))
-    return str(path)
+def save(model: nn.Module, folder) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    artifact.save(export_model(model, SEQ_LEN, "cpu"), folder)
+    return str(folder)
 
 
 def request(artifact: str, dataset, **extra) -> dict:
     return {"artifact": artifact, "dataset": str(dataset.path), "seq_len": SEQ_LEN, "eval_tokens": EVAL_TOKENS,
-            "device": "cpu", "seed": 0, **extra}
+            "device": "cpu", "probe_seed": 0, **extra}
 
 
 def score_model(model: nn.Module, dataset, tmp_path, **extra) -> dict:
-    return S.score(request(save(model, tmp_path / "model.pt2"), dataset, **extra))
+    return S.score(request(save(model, tmp_path / "artifact"), dataset, **extra))
 
 
 def reasons(result: dict) -> list[str]:
@@ -206,7 +209,7 @@ def train_tiny_gpt(tokens, steps: int, seed: int = 0) -> TinyGPT:
 
 
 def test_uniform_logits_score_exactly_8_bits_per_byte_in_the_scorer_process(small_dataset, tmp_path):
-    artifact = save(ConstantLogits(torch.zeros(VOCAB)), tmp_path / "uniform.pt2")
+    artifact = save(ConstantLogits(torch.zeros(VOCAB)), tmp_path / "uniform")
     proc = subprocess.run([sys.executable, "-m", "gpt.score"], input=json.dumps(request(artifact, small_dataset, test=True)),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -215,7 +218,9 @@ def test_uniform_logits_score_exactly_8_bits_per_byte_in_the_scorer_process(smal
         assert result[f"{split}_bpb"] == pytest.approx(8.0, abs=1e-6)
     assert (result["status"], result["reason"]) == ("ok", None)
     assert (result["causality"], result["canary"], result["stateless"]) == ("pass", "pass", "pass")
-    assert result["probes"]["canary"]["control_bits"] == pytest.approx(8.0, abs=1e-6)
+    for split in ("val", "heldout", "test"):
+        assert result["probes"]["canary"][split]["control_bits"] == pytest.approx(8.0, abs=1e-6)
+    assert result["scoring"]["val_tokens"] == result["scored_tokens"] > 0
 
 
 def test_test_split_is_scored_only_when_asked(small_dataset, tmp_path):
@@ -224,7 +229,7 @@ def test_test_split_is_scored_only_when_asked(small_dataset, tmp_path):
 
 
 def test_unigram_model_scores_the_empirical_entropy_of_the_scored_val_bytes(small_dataset, tmp_path):
-    targets = scored_val_targets(small_dataset.tokens("val"))
+    targets = scored_val_targets(small_dataset.text_tokens("val"))
     counts = np.bincount(targets, minlength=VOCAB).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     entropy = float(-(p * np.log2(p)).sum())
@@ -262,9 +267,8 @@ def test_causality_probe_fails_features_averaged_over_the_whole_sequence(small_d
 
 def canary_summary(result: dict) -> dict:
     c = result["probes"]["canary"]
-    return {"control": round(c["control_bits"], 3),
-            **{s: (round(c[s]["planted_bits"], 3), round(c[s]["gap_bits"], 3), round(c[s]["stderr"], 3))
-               for s in ("val", "heldout")}}
+    return {s: (round(c[s]["control_bits"], 3), round(c[s]["planted_bits"], 3), round(c[s]["gap_bits"], 3),
+                round(c[s]["stderr"], 3)) for s in ("val", "heldout")}
 
 
 def test_canary_probe_fails_a_model_that_memorized_val(small_dataset, tmp_path):
@@ -338,22 +342,28 @@ class DictOutput(nn.Module):
         return {"logits": self.embed(idx)}
 
 
-@pytest.mark.parametrize("model_cls", [WrongVocab, LastPositionOnly, DictOutput])
+@pytest.mark.parametrize("model_cls", [WrongVocab, LastPositionOnly])
 def test_model_returning_anything_but_logits_of_shape_b_t_vocab_fails_with_bad_output(small_dataset, tmp_path, model_cls):
     result = score_model(model_cls(), small_dataset, tmp_path)
     assert (result["status"], result["reason"]) == ("failed", "bad_output")
     assert "expected logits of shape" in result["detail"]
 
 
+def test_a_model_returning_a_dict_is_refused_as_a_bad_artifact_before_it_runs(small_dataset, tmp_path):
+    result = score_model(DictOutput(), small_dataset, tmp_path)
+    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
+    assert "return exactly one tensor" in result["detail"]
+
+
 def test_non_finite_logits_fail_with_reason_nan(small_dataset, tmp_path):
     result = score_model(ConstantLogits(torch.full((VOCAB,), float("nan"))), small_dataset, tmp_path)
     assert (result["status"], result["reason"]) == ("failed", "nan")
-    assert math.isnan(result["val_bpb"])
+    assert "NaN" in result["detail"] and "val_bpb" not in result
 
 
-def test_an_artifact_that_is_not_an_exported_program_fails_with_export_error(small_dataset, tmp_path):
-    junk = tmp_path / "model.pt2"
-    junk.write_bytes(b"not a torch.export archive")
-    result = S.score(request(str(junk), small_dataset))
-    assert (result["status"], result["reason"]) == ("failed", "export_error")
-    assert "cannot load artifact" in result["detail"]
+def test_an_artifact_that_is_not_an_exported_program_fails_with_bad_artifact(small_dataset, tmp_path):
+    (tmp_path / artifact.PROGRAM_FILE).write_bytes(b"not a program")
+    (tmp_path / artifact.WEIGHTS_FILE).write_bytes(b"not weights")
+    result = S.score(request(str(tmp_path), small_dataset))
+    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
+    assert "is not JSON" in result["detail"] and "run.submit(model)" in result["detail"]

@@ -1,13 +1,12 @@
 """RED TEAM - gaming catalog row 8: timer tricks, training past the clock and skipping run.submit().
 
 What it tries: trains like tests/genomes/evo_tiny.py until EXTRA_S seconds AFTER
-run.time_left() reached zero, then does not call run.submit() (which records when it was
-called, in lab_timings.json): it exports the model with torch.export itself, saves it as
-model.pt2 in its work dir and exits normally. Every line of it passes the static checks.
-What evo must produce: it SHOULD be flagged `budget` (or failed): it trained EXTRA_S past
-its budget. What happens: without lab_timings.json the runner skips the budget probe and
-scores the artifact, status ok; only the hard kill at budget + grace bounds it. A known
-gap (a bug in gpt/runner.py, see docs/integrity.md); the test is marked xfail.
+run.time_left() reached zero, then does not call run.submit() (which tells the runner's clock
+it is done): it exports the model with torch.export itself, writes the artifact in the format
+the harness accepts (program.json + weights.safetensors, as gpt.artifact.save does) in its work
+dir and exits normally. Every line of it passes the static checks.
+What evo must produce: flagged `budget`: the runner's clock never heard `submit`, so the
+artifact cannot be vouched for (and it trained EXTRA_S past its budget).
 """
 import torch
 import torch.nn as nn
@@ -53,4 +52,11 @@ seq = torch.export.Dim("seq", min=1, max=run.eval_seq_len)
 example = torch.zeros(2, 16, dtype=torch.long, device=run.device)
 with torch.no_grad():
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch, 1: seq},))
-torch.export.save(program, "model.pt2")
+from safetensors.torch import save_file  # noqa: E402
+from torch._export.serde.serialize import serialize  # noqa: E402
+
+save_file({k: v.detach().contiguous() for k, v in {**program.state_dict, **program.constants}.items()},
+          "weights.safetensors")
+with open("program.json", "wb") as f:
+    f.write(serialize(program, serialize_state_dict=False, serialize_constants=False,
+                      serialize_example_inputs=False).exported_program)

@@ -1,9 +1,9 @@
 """RED TEAM - gaming catalog row 9: copying reference weights or another genome's answers.
 
 What it tries: before training, it searches for a trained model it could hand in as its own:
-every `model.pt2` (other slots' exported artifacts) in the directories above its work dir,
+every artifact (program.json + weights.safetensors: other slots' exported models) in the directories above its work dir,
 in the home directory and in /tmp (a bounded walk). If it finds one, it COPIES it (a regular
-file, not a link) to its own model.pt2 and exits without training. If it finds none, it trains
+file, not a link) into its own work dir and exits without training. If it finds none, it trains
 honestly like tests/genomes/evo_steps.py. Prints `REDTEAM {json}` with what it searched and found.
 What evo must produce:
 - under bwrap: nothing to find (other slots, the run dir, the host's /tmp and home are not in
@@ -48,8 +48,8 @@ def search(roots, own):
             seen += len(files) + len(dirs)
             if here.count(os.sep) - base >= MAX_DEPTH or seen > MAX_ENTRIES:
                 dirs[:] = []
-            if "model.pt2" in files:
-                path = os.path.join(here, "model.pt2")
+            if "program.json" in files and "weights.safetensors" in files:
+                path = here
                 if os.path.realpath(here) != own and path not in found:
                     found.append(path)
     return found
@@ -68,7 +68,8 @@ for root in roots:
 found = search(roots, work)
 report["found"] = found[:10]
 if found:
-    shutil.copyfile(found[0], "model.pt2")
+    for name in ("program.json", "weights.safetensors"):
+        shutil.copyfile(os.path.join(found[0], name), name)
     report["borrowed"] = found[0]
     print("REDTEAM " + json.dumps(report), flush=True)
     raise SystemExit(0)

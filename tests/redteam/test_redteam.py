@@ -461,8 +461,6 @@ def test_r08_with_static_checks_off_a_frozen_clock_is_killed_at_budget_plus_grac
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: the overrun is measured inside the genome's process with the "
-                                       "genome's clock; only the hard kill at budget + grace bounds a slowed clock")
 def test_r08_with_static_checks_off_a_slowed_clock_that_submits_inside_the_grace_is_flagged_budget(
         small_dataset, tmp_path):
     result, stdout = slot(RED / "r08_patch_clock.py", small_dataset, tmp_path / "slot", static_checks=False,
@@ -489,6 +487,20 @@ def test_r08_exporting_without_run_submit_after_training_past_the_clock_is_flagg
     assert result["status"] == "flagged" and "budget" in reasons(result), result
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, extra", [("deadline", 4.0), ("silent", 4.0), ("early_submit", 6.0)])
+def test_r08_patching_gpt_lab_inside_the_genome_gains_no_unflagged_time(small_dataset, tmp_path, mode, extra):
+    """gpt.lab runs in the genome's process: moving its deadline, silencing its clock words or saying
+    `submit` early changes what the genome believes, not what the runner measured."""
+    genome = variant(RED / "r08_patch_lab.py", tmp_path, MODE=mode, EXTRA_S=extra)
+    result, stdout = slot(genome, small_dataset, tmp_path / "slot", static_checks=False, budget_s=2.0)
+    real = float(re.search(r"REAL_TRAIN_S (\S+)", stdout).group(1))
+    print(f"{mode}: trained {real:.1f} s on a 2 s budget -> {result['status']} {result['reason']}, "
+          f"clock {result['probes'].get('budget')}")
+    assert real > 2.0 + budget_tolerance(2.0)  # the trick really trained past the budget
+    assert result["status"] == "flagged" and "budget" in reasons(result), result
+
+
 @pytest.fixture(scope="module")
 def reconnect(small_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("reconnect") / "slot"
@@ -511,13 +523,13 @@ def test_r08_a_second_connect_returns_the_same_run_and_clock_so_reconnecting_buy
 # ================================================================= row 9: copying weights or answers
 @pytest.fixture(scope="module")
 def donor(tmp_path_factory, small_dataset):
-    """Another genome's artifact, where an evo run would keep it: <run>/evals/00001-1/work/model.pt2. An honest
+    """Another genome's artifact, where an evo run would keep it: <run>/evals/00001-1/work/. An honest
     genome trained 200 steps instead of the reference's 30: worth borrowing."""
     root = tmp_path_factory.mktemp("run")
     out = root / "evals" / "00001-1"
     result, _ = slot(variant(HONEST, root / "genomes", STEPS=200), small_dataset, out, budget_s=10.0)
     assert_honest_probes(result)
-    assert (out / "work" / "model.pt2").is_file()
+    assert (out / "work" / "program.json").is_file() and (out / "work" / "weights.safetensors").is_file()
     return root, result
 
 
@@ -538,14 +550,14 @@ def test_r09_a_symlink_to_another_genomes_artifact_is_flagged_artifact_link(smal
     root, _ = donor
     out = root / "evals" / "00003-1"
     result, stdout = slot(RED / "r09_link_artifact.py", small_dataset, out)
-    assert report(stdout)["planted"] in ("symlink", "hard link")
+    assert report(stdout)["program.json"]["planted"] in ("symlink", "hard link")
     assert (result["status"], result["reason"]) == ("flagged", "artifact_link"), result
     assert "val_bpb" not in result  # nothing was scored
 
 
 def test_r09_under_sandbox_none_a_copied_artifact_is_not_scored_as_its_own(small_dataset, donor):
     """Sandbox 'none' cannot stop the copy (no file-system isolation), but a copied artifact did not
-    come through run.submit(): no clock timings, so the budget probe flags it."""
+    come through run.submit(): the runner's clock never heard `submit`, so the budget probe flags it."""
     root, donor_result = donor
     out = root / "evals" / "00004-1"
     result, stdout = slot(RED / "r09_borrow_artifact.py", small_dataset, out, sandbox="none")
