@@ -8,10 +8,10 @@ from pathlib import Path
 
 from gpt.errors import UserError
 
-SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "causality", "canary", "stateless", "budget",
-                "train_seconds", "slot_seconds", "eval_seconds", "startup_seconds", "export_seconds", "steps")
 
-
+SUMMARY_KEYS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "scored_tokens", "causality", "canary",
+                "stateless", "budget", "train_seconds", "slot_seconds", "eval_seconds", "startup_seconds",
+                "export_seconds", "cpu_seconds", "steps")
 DATA_HELP = "builtin | stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:OWNER/NAME[@REV][:PATTERN[:COLUMN]]"
 TOKENIZER_HELP = "byte | bpe:VOCAB (e.g. bpe:8192, trained on the train split only)"
 
@@ -49,20 +49,45 @@ def cmd_prepare(args) -> int:
 def cmd_eval(args) -> int:
     import os
 
-    from gpt.data import prepare
+    from gpt.data import Dataset, prepare
     from gpt.runner import SlotJob, run_slot
 
     genome = Path(args.genome)
     if not genome.is_file():
         raise UserError(f"genome {genome} does not exist; pass the path of a training script such as genomes/tiny_cpu.py")
-    dataset = prepare(args.data, tokenizer=args.tokenizer)
+    if args.budget is not None and args.budget <= 0:
+        raise UserError(f"--budget {args.budget:g}: the training budget must be a positive number of seconds")
+    settings = {"budget_s": 30.0, "eval_tokens": 32768, "eval_seq_len": 256, "sandbox": "auto", "grace_s": None,
+                "allow_unsealed": args.allow_unsealed}
+    if args.run:  # score exactly as that run does: its dataset, its scoring settings, its slot budget and sandbox
+        from evo.commands import open_run
+
+        evolution = open_run(args.run)
+        c = evolution.config
+        dataset = Dataset(Path(evolution.dataset_path))
+        settings.update(budget_s=c.budget_s, eval_tokens=c.eval_tokens, eval_seq_len=c.eval_seq_len,
+                        sandbox=c.sandbox, grace_s=c.grace_s or None, allow_unsealed=c.allow_unsealed or args.allow_unsealed)
+    else:
+        dataset = prepare(args.data, tokenizer=args.tokenizer)
+    for key, flag in (("budget_s", args.budget), ("eval_tokens", args.eval_tokens), ("grace_s", args.grace)):
+        if flag is not None:
+            settings[key] = flag
+    from evo.commands import integrity_check
+
+    integrity = integrity_check(dataset, settings["sandbox"], settings["allow_unsealed"])
     out = Path(args.out or Path("logs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{genome.stem}")
     device = args.device or default_device()
-    print(f"evaluating {genome} for {args.budget:g} s on {device} -> {out}", file=sys.stderr)
-    result = run_slot(SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=args.budget,
-                              seed=args.seed, device=device, test=args.test, grace_s=args.grace,
+    print(f"evaluating {genome} for {settings['budget_s']:g} s on {device} -> {out}; scoring "
+          f"{settings['eval_tokens']} tokens per split at context {settings['eval_seq_len']} on "
+          f"{dataset.manifest['source']!r} ({'sealed' if integrity['sealed'] else 'UNSEALED'})", file=sys.stderr)
+    result = run_slot(SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out),
+                              budget_s=settings["budget_s"], seed=args.seed, device=device, test=args.test,
+                              grace_s=settings["grace_s"], eval_tokens=settings["eval_tokens"],
+                              eval_seq_len=settings["eval_seq_len"], sandbox=settings["sandbox"],
                               threads=(os.cpu_count() or 1) if device == "cpu" else 0))
     print_summary(result)
+    if result["status"] != "ok" and result.get("detail"):
+        print(f"detail:          {result['detail']}")
     if result["status"] == "failed" and result.get("stderr_tail"):
         print("--- stderr (tail)", file=sys.stderr)
         print(result["stderr_tail"], file=sys.stderr)
@@ -84,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="train and score one genome through the harness")
     p.add_argument("genome")
-    p.add_argument("--budget", type=float, default=30.0, help="training budget in seconds")
-    p.add_argument("--data", default="stdlib", help=DATA_HELP)
+    p.add_argument("--budget", type=float, help="training budget in seconds (default 30, or the run's)")
+    p.add_argument("--run", help="score exactly as this run directory does (its dataset, eval tokens, context, "
+                                 "budget and sandbox)")
+    p.add_argument("--eval-tokens", type=int, help="tokens scored per eval split (default 32768, or the run's)")
+    p.add_argument("--allow-unsealed", action="store_true", help="score even if the eval data is not sealed "
+                                                                 "from the genome at this sandbox level")
+    p.add_argument("--data", default="builtin", help=DATA_HELP)
     p.add_argument("--tokenizer", default="byte", help=TOKENIZER_HELP)
     p.add_argument("--out", help="evaluation folder (default: logs/eval-<time>-<genome>)")
     p.add_argument("--seed", type=int, default=0, help="harness seed for this slot")

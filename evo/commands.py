@@ -41,7 +41,8 @@ def open_run(run_dir: str | Path, resume: bool = False, overrides: dict | None =
 def _overrides(args) -> dict:
     return {"preset": args.preset, "out": args.out, "evals": args.evals, "hours": args.hours,
             "budget_s": args.budget, "slots": args.slots, "genomes": tuple(args.genome) if args.genome else None,
-            "data": args.data, "tokenizer": args.tokenizer, "seed": args.seed}
+            "data": args.data, "tokenizer": args.tokenizer, "seed": args.seed,
+            "allow_unsealed": True if args.allow_unsealed else None}
 
 
 def _llm_settings(config: cfg.RunConfig, args) -> dict:
@@ -79,12 +80,14 @@ def cmd_run(args) -> int:
 
     pool = SlotPool.create(config.device, config.slots, config.dask_scheduler)
     dataset = prepare(config.data, tokenizer=config.tokenizer)
+    integrity = integrity_check(dataset, config.sandbox, config.allow_unsealed)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.toml").write_text(config.to_toml())
     journal = Journal(run_dir / JOURNAL_NAME)
     journal.start_run({"config": dataclasses.asdict(config), "dataset": str(dataset.path),
-                       "seeds": [g.id for g in seeds]},
+                       "seeds": [g.id for g in seeds], "integrity": integrity},
                       [(g, [harness_seed(config.seed, g.id, k) for k in range(config.noise_repeats)]) for g in seeds])
+    journal.event("integrity", **integrity)
     print(f"run directory: {run_dir}", file=sys.stderr)
     print(f"slots: {', '.join(s.name for s in pool.slots)}; budget {config.budget_s:g} s; "
           f"evaluations {config.evals or 'unlimited'}; TensorBoard: tensorboard --logdir {run_dir.parent}", file=sys.stderr)
@@ -113,6 +116,33 @@ def _finish(summary: dict, run_dir: Path) -> int:
         print(f"{key + ':':<20}{value:.4f}" if isinstance(value, float) else f"{key + ':':<20}{value}")
     print(f"{'run_dir:':<20}{run_dir}")
     return 130 if str(summary.get("stopped", "")).startswith("interrupted") else 0
+
+
+def integrity_check(dataset, sandbox_level: str, allow_unsealed: bool) -> dict:
+    """The sandbox level this run gets and whether its eval splits are sealed from genomes. An unsealed
+    source is refused unless the user opted in; every weakness is printed (and journaled by the caller)."""
+    from gpt.sandbox import resolve_level
+    from gpt.sealing import seal, unprotected
+
+    level = resolve_level(sandbox_level)
+    verdict = seal(dataset, level)
+    if not verdict.sealed and not allow_unsealed:
+        raise UserError(f"the eval splits of {dataset.manifest['source']!r} cannot be sealed from genomes: "
+                        f"{verdict.why}. Or pass --allow-unsealed (allow_unsealed = true) to run anyway; the run is "
+                        "then stamped unsealed")
+    gaps = unprotected(level)
+    for gap in gaps:
+        print(f"warning: sandbox level {level!r} does not give {gap}", file=sys.stderr)
+    if not verdict.sealed:
+        print(f"warning: this run is UNSEALED: {verdict.why}", file=sys.stderr)
+    return {"sandbox": level, "sealed": verdict.sealed, "unsealed_why": verdict.why or None, "unprotected": gaps}
+
+
+def integrity_line(journal) -> str:
+    """One line for status and export: the sandbox level and whether the eval data was sealed."""
+    from gpt.sealing import describe
+
+    return describe(journal.get_meta("integrity"))
 
 
 # ------------------------------------------------------------------ inspecting runs
@@ -145,10 +175,12 @@ def cmd_status(args) -> int:
         console.print(f"noise floor: {evo.floor:.4f} bpb; seed mean {seed.mean:.4f}; best {evo.incumbent} "
                       f"{best.mean:.4f} ({seed.mean - best.mean:+.4f} over seed)")
         console.print(f"Thresholdout: {evo.thresholdout.state.spent} of {evo.thresholdout.state.budget} reveals spent")
+    console.print(integrity_line(j), style=None if (j.get_meta("integrity") or {}).get("sealed") else "yellow")
     sandboxes = sorted({r["sandbox"] for r in j.evaluations("sandbox IS NOT NULL")})
     if sandboxes:
         weak = [s for s in sandboxes if s != "bwrap"]
-        console.print(f"sandbox: {', '.join(sandboxes)}" + (" (warning: weaker than bwrap)" if weak else ""))
+        console.print(f"sandbox used by evaluations: {', '.join(sandboxes)}"
+                      + (" (warning: weaker than bwrap)" if weak else ""))
     flagged = [(gid, rec.flagged) for gid, rec in evo.records.items() if rec.flagged]
     for gid, reason in flagged:
         console.print(f"flagged: {gid}: {reason}", style="red")
@@ -200,7 +232,9 @@ def add_run_commands(sub) -> None:
     p.add_argument("--budget", type=float, help="training budget of one slot, seconds")
     p.add_argument("--slots", type=int, help="parallel slots")
     p.add_argument("--genome", action="append", help="seed genome path (repeatable)")
-    p.add_argument("--data", help="stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:NAME")
+    p.add_argument("--data", help="builtin | text:GLOB | parquet:GLOB[:COLUMN] | hf:NAME (stdlib | pysource: never sealed)")
+    p.add_argument("--allow-unsealed", action="store_true",
+                   help="run even if genomes could read eval documents at this sandbox level (stamped unsealed)")
     p.add_argument("--tokenizer", help="byte | bpe:VOCAB")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--llm", help="add an LLM model for the LLM operators (e.g. gpt-4.1-mini)")

@@ -22,7 +22,7 @@ PRESETS = {
     "cpu-demo": {"budget_s": 30.0, "evals": 20, "hours": 0.22, "population_size": 6},
     "smoke": {"budget_s": 3.0, "evals": 8, "hours": 0.05, "noise_repeats": 2, "population_size": 4,
               "eval_tokens": 8192},
-    "gpu-5min": {"budget_s": 300.0, "evals": 0, "hours": 8.0, "genomes": ("genomes/nanochat_gpu.py",), "data": "pysource", "tokenizer": "bpe:8192",
+    "gpu-5min": {"budget_s": 300.0, "evals": 0, "hours": 8.0, "genomes": ("genomes/nanochat_gpu.py",), "tokenizer": "bpe:8192",
                  "eval_tokens": 1048576, "eval_seq_len": 2048, "population_size": 16},
 }
 
@@ -45,7 +45,10 @@ SCHEMA = (
     Key("preset", "run", str, "cpu-demo", "starting point for every other key", tuple(PRESETS)),
     Key("out", "run", str, "", "run directory (empty: logs/<timestamp>-<preset>)"),
     Key("genomes", "run", tuple, ("genomes/tiny_cpu.py",), "seed genome scripts"),
-    Key("data", "run", str, "stdlib", "data source: stdlib | pysource | text:GLOB | parquet:GLOB[:COLUMN] | hf:NAME"),
+    Key("data", "run", str, "builtin", "data source: builtin | text:GLOB | parquet:GLOB[:COLUMN] | hf:NAME "
+        "(stdlib | pysource: never sealed)"),
+    Key("allow_unsealed", "run", bool, False, "run even if a genome could read eval documents at this sandbox level "
+        "(the run is stamped unsealed)"),
     Key("tokenizer", "run", str, "byte", "byte | bpe:VOCAB (trained on the train split only)"),
     Key("seed", "run", int, 0, "run seed: operator choices and harness seeds derive from it", minimum=0),
     Key("evals", "run", int, 20, "stop after this many finished evaluations (0: no limit)", minimum=0),
@@ -82,7 +85,8 @@ class RunConfig:
     preset: str = "cpu-demo"
     out: str = ""
     genomes: tuple = ("genomes/tiny_cpu.py",)
-    data: str = "stdlib"
+    data: str = "builtin"
+    allow_unsealed: bool = False
     tokenizer: str = "byte"
     seed: int = 0
     evals: int = 20

@@ -28,6 +28,7 @@ from evo.breeding import Breeder
 from evo.progress import Progress
 from evo.slots import SlotPool
 from evo.tblog import TensorBoardLog
+from gpt.sealing import describe as describe_integrity
 from gpt.errors import UserError
 from gpt import runner
 from gpt.runner import SlotJob
@@ -66,10 +67,18 @@ class GenomeRecord:
     candidate: bool = False
     train_seconds: float | None = None
     steps: int | None = None
+    cpu_seconds: list = field(default_factory=list)  # the runner's CPU measurement of each folded evaluation
+    reruns: dict = field(default_factory=dict)  # purpose -> evaluations re-run because they were contended
 
     @property
     def mean(self) -> float | None:
         return statistics.fmean(self.vals) if self.vals else None
+
+
+MAX_CONTENDED_RERUNS = 2  # per genome: past this a starved evaluation is folded in (the machine stays busy)
+CONTENDED_CPU_RATIO = 0.5  # below this share of the genome's median CPU seconds an evaluation was starved
+RERUN_PURPOSE = {"child": "rerun"}  # a child's re-run must not count as a new child
+IMPLAUSIBLE_AFTER = 5  # children folded before the floor is compared with their spread
 
 
 def harness_seed(run_seed: int, genome_id: str, k: int) -> int:
@@ -93,6 +102,8 @@ class Evolution:
             self.stats.register(name, fn)
         self.logbook = tools.Logbook()
         self.floor: float | None = None
+        self.floor_dof = 0  # degrees of freedom behind the floor: its relative error is about 1/sqrt(2 dof)
+        self.floor_warned = False
         self.offset = 0.0
         self.thresholdout: fit.Thresholdout | None = None
         self.incumbent: str | None = None
@@ -148,7 +159,12 @@ class Evolution:
         rec = self.records.setdefault(gid, GenomeRecord())
         rec.n_folded += 1
         status = result.get("status")
+        if status == "ok" and self._contended(rec, result) and sum(rec.reruns.values()) < MAX_CONTENDED_RERUNS:
+            purpose = RERUN_PURPOSE.get(row["purpose"], row["purpose"])
+            rec.reruns[purpose] = rec.reruns.get(purpose, 0) + 1
+            return {}, [("contended", (gid, purpose, result.get("cpu_share")))]
         if status == "ok":
+            rec.cpu_seconds.append(result.get("cpu_seconds"))
             rec.vals.append(result["val_bpb"])
             rec.heldouts.append(result["heldout_bpb"])
             rec.train_seconds, rec.steps = result.get("train_seconds"), result.get("steps")
@@ -167,8 +183,35 @@ class Evolution:
             rec = self.records[gid]  # scored just now, with the floor: no second Thresholdout query
             return {"answer": rec.answer, "revealed": 0, "penalty": rec.penalty,
                     "fitness": None if rec.fitness == fit.WORST_FITNESS else rec.fitness}, actions
+        actions = self._tighten_floor() if status == "ok" else []
         scores = self._score(gid)
-        return scores, self._judge(gid)
+        return scores, actions + self._judge(gid)
+
+    @staticmethod
+    def _contended(rec: GenomeRecord, result: dict) -> bool:
+        """A slot that was starved: the runner saw its processes get too little CPU, or far less CPU time
+        than the same genome's other evaluations. Its score says more about the machine than the genome."""
+        if result.get("contended"):
+            return True
+        mine = [c for c in rec.cpu_seconds if c]
+        cpu = result.get("cpu_seconds")
+        return bool(cpu and len(mine) >= 2 and cpu < CONTENDED_CPU_RATIO * statistics.median(mine))
+
+    def _tighten_floor(self) -> list:
+        """The floor, pooled over every genome's repeated evaluations (within-genome spread). A candidate's
+        first evaluation chose it for re-evaluation, so only the evaluations after it count (else the floor
+        is biased upward by regression to the mean); the seeds' noise repeats all count."""
+        groups = [rec.vals if gid in self.seed_ids else rec.vals[1:] for gid, rec in self.records.items()
+                  if not rec.flagged]
+        floor, dof = fit.pooled_noise_floor(groups, self.config.min_noise_floor)
+        actions = []
+        if dof > self.floor_dof:
+            self.floor, self.floor_dof = floor, dof
+        children = [rec.vals[0] for gid, rec in self.records.items() if gid not in self.seed_ids and rec.vals]
+        if not self.floor_warned and len(children) >= IMPLAUSIBLE_AFTER and self.floor > statistics.stdev(children):
+            self.floor_warned = True
+            actions.append(("implausible_floor", statistics.stdev(children)))
+        return actions
 
     def _maybe_establish_floor(self, row) -> list:
         """Once every noise evaluation of the seeds is folded in, fix the floor, the held-out offset
@@ -184,8 +227,8 @@ class Evolution:
             self.seed_failure = (f"every seed genome failed or was flagged ({reasons}); run `evo eval` on the "
                                  "seed to see its stderr and fix it before evolving it")
             return []
-        deviations = [v - self.records[s].mean for s in seeds_ok for v in self.records[s].vals]
-        self.floor = fit.noise_floor(deviations, self.config.min_noise_floor)
+        self.floor, self.floor_dof = fit.pooled_noise_floor([self.records[s].vals for s in seeds_ok],
+                                                            self.config.min_noise_floor)
         self.offset = statistics.fmean(h - v for s in seeds_ok
                                        for v, h in zip(self.records[s].vals, self.records[s].heldouts))
         self.thresholdout = fit.make_thresholdout(self.floor, self.config.threshold, self.config.holdout_noise,
@@ -267,8 +310,20 @@ class Evolution:
         for kind, value in actions:
             if kind == "reeval":
                 self._queue_reeval(value)
+            elif kind == "contended":
+                self._queue_rerun(*value[:2])
             if not live:
                 continue
+            if kind == "contended":
+                gid, purpose, share = value
+                self.journal.event("contended", genome_id=gid, purpose=purpose, cpu_share=share)
+                self.progress.note(f"{gid}: its slot was starved (CPU share {share if share is None else round(share, 2)})"
+                                   f"; the evaluation is not folded in and runs again")
+            elif kind == "implausible_floor":
+                self.journal.event("implausible_floor", floor=self.floor, children_sd=value)
+                self.progress.note(f"warning: the noise floor {self.floor:.4f} bpb is larger than the spread of the "
+                                   f"children ({value:.4f}): a starved or broken noise evaluation may have inflated "
+                                   "it, and no child can be crowned while it stands; check the seed's evaluations")
             if kind == "noise_floor":
                 self.journal.event("noise_floor", floor=value, offset=self.offset)
                 self.progress.note(f"noise floor: {value:.4f} bpb (seed mean {self.records[self.incumbent].mean:.4f})")
@@ -285,6 +340,13 @@ class Evolution:
                 self.journal.event("not_confirmed", genome_id=value, vals=rec.vals)
                 self.progress.note(f"{value} not confirmed: re-evaluation gave {rec.vals[-1]:.4f}, "
                                    f"mean {rec.mean:.4f} is within the noise of the best")
+
+    def _queue_rerun(self, gid: str, purpose: str) -> None:
+        """Idempotent: a contended evaluation is run once more (fresh seed), also when replaying after a crash."""
+        base = {"noise": self.config.noise_repeats, "reeval": 1}.get(purpose, 0)
+        if self.journal.count("genome_id = ? AND purpose = ?", (gid, purpose)) < base + self.records[gid].reruns[purpose]:
+            k = self.journal.count("genome_id = ?", (gid,))
+            self.journal.queue_evaluation(gid, purpose, harness_seed(self.config.seed, gid, k))
 
     def _queue_reeval(self, gid: str) -> None:
         """Idempotent: one re-evaluation per candidate, also when replaying after a crash."""
@@ -367,6 +429,7 @@ class Evolution:
         c = self.config
         self.breeder.n_slots = len(pool.slots)
         self.tb = TensorBoardLog(self.run_dir)
+        self.tb.text("integrity", describe_integrity(self.journal.get_meta("integrity")), 0)
         start = time.time()
         deadline = start + c.hours * 3600 if c.hours else float("inf")
         running: dict = {}  # future -> (row, slot name, started)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from pathlib import Path
 
-from evo.commands import open_run
+from evo.commands import integrity_line, open_run
 from evo.evolve import harness_seed
 from evo.slots import plan_slots
 from gpt.errors import UserError
-from gpt.runner import run_slot
+from gpt.runner import SCORING_SUFFIX, run_slot
 
 
 def lineage(journal, genome_id: str) -> list[str]:
@@ -38,6 +39,7 @@ def lineage_markdown(evo, chain: list[str], test_result: dict, flagged: str | No
     if flagged:
         lines += [f"**FLAGGED: {flagged}.** Exported with --allow-flagged; its scores cannot be trusted.", ""]
     floor = f"{evo.floor:.4f} bpb" if evo.floor is not None else "not measured yet"  # export during the noise evals
+    lines += [integrity_line(j) + ".", ""]
     lines += [f"Run: `{evo.run_dir}`. Noise floor: {floor}. "
               f"Test split (scored once, at export): {_fmt(test_result.get('test_bpb'))} bpb "
               f"(status {test_result.get('status')}).", ""]
@@ -87,18 +89,25 @@ def export(run_dir: Path, genome_id: str | None = None, out: Path | None = None,
     out = Path(out) if out else Path(run_dir) / "export" / f"{gid}.py"
     out.parent.mkdir(parents=True, exist_ok=True)
     chain = lineage(j, gid)
+    data = evo.config.data
     header = [f"# Exported by evo from {run_dir}: genome {gid}" + (f" -- FLAGGED ({flagged})" if flagged else ""),
+              f"# {integrity_line(j)}",
               f"# lineage: {' -> '.join(chain)}",
               f"# mean val_bpb {_fmt(rec.mean if rec else None)} over {len(rec.vals) if rec else 0} evaluation(s); "
               f"test_bpb {_fmt(result.get('test_bpb'))} (scored once at export); see {out.stem}.lineage.md",
-              "# Run it with `python THIS_FILE.py` (trains with a default budget and prints its scores) "
-              "or `evo eval THIS_FILE.py`.", ""]
+              f"# Run it with `python {out.name}` (trains and scores it as the run did: {out.stem}{SCORING_SUFFIX} "
+              f"names the run's corpus {data!r} and scoring settings) or `evo eval {out.name} --run {run_dir}`.", ""]
     out.write_text("\n".join(header) + j.genome(gid).source)
+    c = evo.config
+    out.with_suffix(SCORING_SUFFIX).write_text(json.dumps(
+        {"run_dir": str(run_dir), "data": c.data, "tokenizer": c.tokenizer, "dataset": evo.dataset_path,
+         "eval_tokens": c.eval_tokens, "eval_seq_len": c.eval_seq_len, "budget_s": c.budget_s}, indent=1))
     lineage_path = out.with_name(f"{out.stem}.lineage.md")
     lineage_path.write_text(lineage_markdown(evo, chain, result, flagged))
     j.event("export", genome_id=gid, path=str(out), test_bpb=result.get("test_bpb"), status=result.get("status"),
             flagged=flagged)
     print(f"genome:       {gid}" + (f" (FLAGGED: {flagged})" if flagged else ""))
+    print(integrity_line(j))
     print(f"status:       {result.get('status')}" + (f" ({result.get('reason')})" if result.get("reason") else ""))
     for key in ("val_bpb", "heldout_bpb", "test_bpb"):
         print(f"{key + ':':<14}{_fmt(result.get(key))}")

@@ -34,6 +34,18 @@ def noise_floor(val_bpbs: list[float], minimum: float = 0.0) -> float:
     return max(statistics.stdev(val_bpbs), minimum)
 
 
+def pooled_noise_floor(groups: list[list[float]], minimum: float = 0.0) -> tuple[float, int]:
+    """(floor, degrees of freedom): the within-genome standard deviation pooled over every group of
+    repeated evaluations, sqrt(sum of squared deviations from each group's mean / sum of (n - 1))."""
+    ss, dof = 0.0, 0
+    for vals in groups:
+        if len(vals) >= 2:
+            m = statistics.fmean(vals)
+            ss += sum((v - m) ** 2 for v in vals)
+            dof += len(vals) - 1
+    return (max((ss / dof) ** 0.5, minimum) if dof else minimum), dof
+
+
 CONFIRM_SIGMAS = 2.0
 
 

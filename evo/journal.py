@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS genomes (
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     genome_id TEXT NOT NULL REFERENCES genomes(id),
-    purpose TEXT NOT NULL,            -- noise | child | reeval | export
+    purpose TEXT NOT NULL,            -- noise | child | reeval | rerun (a contended child, again) | export
     seed INTEGER NOT NULL,
     state TEXT NOT NULL,              -- queued | running | done
     slot TEXT, attempt INTEGER NOT NULL DEFAULT 0,
@@ -176,7 +176,7 @@ class Journal:
     def evaluations(self, where: str = "1", params=()) -> list[sqlite3.Row]:
         return self.db.execute(f"SELECT * FROM evaluations WHERE {where} ORDER BY id", params).fetchall()
 
-    def done_evaluations(self, purposes=("noise", "child", "reeval")) -> list[sqlite3.Row]:
+    def done_evaluations(self, purposes=("noise", "child", "reeval", "rerun")) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(purposes))
         return self.db.execute(f"SELECT * FROM evaluations WHERE state = 'done' AND purpose IN ({marks}) "
                                "ORDER BY done_seq", purposes).fetchall()

@@ -88,13 +88,19 @@ def _parse_source(source: str) -> tuple[str, str]:
     raise UserError(f"unknown data source {source!r}; use {SOURCE_KINDS}")
 
 
+# The documentation's license page reproduces third-party license texts (CC0, BSD, ...) that other
+# packages ship too (numpy's and the JDK's license files): a genome could read it elsewhere. Left out.
+BUILTIN_EXCLUDED = ("license.rst.txt",)
+
+
 def _builtin_documents(archive: Path = BUILTIN_ARCHIVE) -> Iterator[tuple[str, str]]:
-    """Every file of the committed documentation archive, in name order, as strict UTF-8."""
+    """Every file of the committed documentation archive but BUILTIN_EXCLUDED, in name order, as strict UTF-8."""
     import tarfile
 
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+            members = sorted((m for m in tar.getmembers()
+                              if m.isfile() and m.name.removeprefix("./") not in BUILTIN_EXCLUDED), key=lambda m: m.name)
             for member in members:
                 name = member.name.removeprefix("./")
                 try:

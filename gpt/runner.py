@@ -39,10 +39,14 @@ from pathlib import Path
 import gpt
 from gpt import artifact
 from gpt import sandbox as sandboxing
+from gpt.sealing import seal
 from gpt.lab import CLOCK_FD_ENV, EXPORT_ERROR_NAME, SPEC_ENV, STARTUP_ALLOWANCE_S, SlotSpec
 from gpt.static_checks import check_source, format_findings
 
 DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
+# A CPU slot whose processes got less than this share of its threads' time (CPU seconds over wall seconds
+# x threads, measured by the runner from /proc) was starved by something else on the machine: `contended`.
+CONTENDED_CPU_SHARE = 0.4
 STDERR_TAIL_CHARS = 3000
 SCORE_TIMEOUT_S = 600.0
 CLOCK_PIPE_CAP = 65536  # bytes of clock messages the runner reads from one slot; the rest is drained
@@ -294,7 +298,8 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     # the genome sees its work dir, the spec and the train split; the rest of the dataset folder is hidden,
     # and so is every folder that holds documents of the corpus (gpt/corpus for the built-in one)
     exposure = sandboxing.Exposure(work=work, read_files=(spec_path, dataset.train_path),
-                                   hide_dirs=(dataset.path,) + sealed_dirs(dataset), gpu=job.device.startswith("cuda"))
+                                   hide_dirs=(dataset.path,) + seal(dataset, level).hidden,
+                                   gpu=job.device.startswith("cuda"))
     cmd = sandboxing.wrap_command(level, [sys.executable, "genome.py"], exposure, limits)
     clock = ClockPipe()
     env = genome_env(spec_path, work, job.threads, job.env, token)
@@ -343,12 +348,6 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
             "limits": limits.describe(), "leftover_processes": leftovers, "peak_memory_mb": watchdog.peak_mb,
             "peak_procs": watchdog.peak_procs, "cpu_seconds": watchdog.cpu_seconds,
             "escaped_processes": procs.escaped}
-
-
-def sealed_dirs(dataset) -> tuple[Path, ...]:
-    """Folders holding the corpus's documents, hidden from the genome (see gpt.data.document_roots)."""
-    roots = dataset.manifest.get("document_roots") or []
-    return tuple(Path(r) for r in roots if Path(r).is_dir())
 
 
 def _stop_slot(proc: subprocess.Popen, procs: sandboxing.SlotProcesses) -> None:
@@ -475,6 +474,7 @@ def run_slot(job: SlotJob) -> dict:
     findings = check_source(Path(job.genome).read_text(errors="replace")) if job.static_checks else []
     if any(f.severity == "reject" for f in findings):  # no slot is spent: no scorer, no genome process
         return _rejected(job, out, level, findings, slot_start)
+    sandboxing.reap_orphans()
     scorer = Scorer(job, out, level, _prepare_work(job, out))
     try:
         ran = train(job, out, level)
@@ -488,6 +488,7 @@ def run_slot(job: SlotJob) -> dict:
             result["eval_seconds"] = time.monotonic() - eval_start
     finally:
         scorer.close()
+        sandboxing.reap_orphans()
     clock = ran["clock"]
     if result.get("status") == "ok" or (result.get("status") == "flagged" and result.get("reason") != "artifact_link"):
         _budget_probe(result, clock)
@@ -495,7 +496,7 @@ def run_slot(job: SlotJob) -> dict:
         budget_s=job.budget_s, seed=job.seed, device=job.device, returncode=ran["returncode"],
         train_seconds=clock["train_s"] if clock["train_s"] is not None else ran["wall_seconds"],
         slot_seconds=time.monotonic() - slot_start, export_seconds=clock["export_s"],
-        startup_seconds=clock["startup_s"], cpu_seconds=ran["cpu_seconds"],
+        startup_seconds=clock["startup_s"], cpu_seconds=ran["cpu_seconds"], **_contention(job, ran),
         stderr_tail=_tail(out / "stderr.txt") if result["status"] == "failed" else "",
         steps=_parse_steps(out / "stdout.txt"),
         **_integrity_fields(level, findings), limits=ran["limits"], leftover_processes=ran["leftover_processes"],
@@ -503,6 +504,14 @@ def run_slot(job: SlotJob) -> dict:
     )
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _contention(job: SlotJob, ran: dict) -> dict:
+    """The slot's CPU share (None for GPU slots, where CPU time says little) and whether it was starved."""
+    if not job.threads or not ran["wall_seconds"] or not ran["cpu_seconds"] or ran["timed_out"]:
+        return {"cpu_share": None, "contended": False}
+    share = ran["cpu_seconds"] / (ran["wall_seconds"] * job.threads)
+    return {"cpu_share": share, "contended": share < CONTENDED_CPU_SHARE}
 
 
 def budget_tolerance(budget_s: float) -> float:
@@ -531,27 +540,42 @@ def _parse_steps(path: Path):
     return None
 
 
+SCORING_SUFFIX = ".scoring.json"  # written by `evo export` next to a script: the run's data and scoring settings
+
+
 def run_by_hand(genome: Path, budget_s: float, data: str | None, device: str) -> int:
-    """`python genome.py` outside the harness: one full slot on `data` (default: the built-in corpus),
-    the scores printed as `key: value` lines. Returns the process exit code."""
+    """`python genome.py` outside the harness: one full slot, the scores printed as `key: value` lines.
+    Next to an exported script, its `.scoring.json` gives the run's dataset and scoring settings, so the
+    number printed is the run's; otherwise the data is `data` (EVO_DATA) or the built-in corpus, said loudly."""
     import tempfile
 
-    from gpt.data import DEFAULT_SOURCE, prepare
+    from gpt.data import DEFAULT_SOURCE, Dataset, prepare
 
-    source = data or DEFAULT_SOURCE
-    dataset = prepare(source)
-    print(f"evo: scoring {genome.name} on {source!r} (dataset {dataset.path.name}; set EVO_DATA to change it), "
-          f"budget {budget_s:g} s on {device}", file=sys.stderr, flush=True)
+    settings = {"eval_tokens": SlotJob.eval_tokens, "eval_seq_len": SlotJob.eval_seq_len}
+    scoring = genome.with_suffix(SCORING_SUFFIX)
+    if scoring.is_file() and not data:
+        saved = json.loads(scoring.read_text())
+        dataset = Dataset(Path(saved["dataset"])) if Path(saved["dataset"], "manifest.json").is_file() \
+            else prepare(saved["data"], tokenizer=saved.get("tokenizer", "byte"))
+        settings.update(eval_tokens=saved["eval_tokens"], eval_seq_len=saved["eval_seq_len"])
+        budget_s = float(os.environ.get("EVO_BUDGET", saved["budget_s"]))
+        where = f"the run's corpus {saved['data']!r} and scoring settings (from {scoring.name})"
+    else:
+        source = data or DEFAULT_SOURCE
+        dataset = prepare(source)
+        where = f"{source!r} (set EVO_DATA to change it)"
+    print(f"evo: scoring {genome.name} on {where}: {settings['eval_tokens']} tokens per split at context "
+          f"{settings['eval_seq_len']}, budget {budget_s:g} s on {device}", file=sys.stderr, flush=True)
     out = Path(tempfile.mkdtemp(prefix="evo-by-hand-"))
     result = run_slot(SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=budget_s,
-                              device=device, seed=secrets.randbits(31), threads=os.cpu_count() or 1))
+                              device=device, seed=secrets.randbits(31), threads=os.cpu_count() or 1, **settings))
     sys.stdout.write(_read_text(out / "stdout.txt"))
     print("---")
     for key in ("status", "reason", "val_bpb", "heldout_bpb", "scored_tokens", "causality", "canary", "stateless",
                 "budget", "train_seconds"):
         value = result.get(key)
         print(f"{key + ':':<15}{value:.6f}" if isinstance(value, float) else f"{key + ':':<15}{value}")
-    if result["status"] == "failed":
+    if result["status"] != "ok":
         print(result.get("detail") or "", file=sys.stderr)
     print(f"details: {out / 'result.json'}")
     return 0 if result["status"] == "ok" else 1

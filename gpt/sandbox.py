@@ -65,7 +65,10 @@ WATCH_INTERVAL_S = 0.25
 DISK_EVERY_S = 2.0
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group", "nsswitch.conf",
              "hosts", "alternatives")
-HELPER_NAMES = {"bwrap", "unshare", "evo-supervisor"}  # sandbox helpers: not counted against max_procs
+HELPER_NAMES = {"bwrap", "unshare", "evo-supervisor"}
+# documentation a genome has no use for, which may hold copies of a corpus (Debian's python3-doc ships the
+# sources of the built-in corpus; the stdlib's pydoc_data holds the language reference as text): never shown
+UNSEEN_DOCS = ("/usr/share/doc", "/usr/share/man", "/usr/share/info", "/usr/share/help")  # sandbox helpers: not counted against max_procs
 
 # The launcher runs outside the sandbox: die with the runner, set the rlimits, exec the sandbox tool
 # (a launcher rather than preexec_fn, which is unsafe in the runner's threaded parent).
@@ -233,6 +236,13 @@ def python_dirs() -> list[Path]:
     return out
 
 
+def _unseen_docs() -> list[str]:
+    import sysconfig
+
+    dirs = list(UNSEEN_DOCS) + [os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data")]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
 def _python_aliases() -> list[tuple[Path, Path]]:
     """(target, literal) for a Python prefix or executable dir reached through a symlink: the genome's
     interpreter is started by its literal path, so that path must exist in the sandbox too."""
@@ -281,6 +291,8 @@ def _bwrap_args(exposure: Exposure, variant: dict) -> list[str]:
         a += ["--ro-bind", str(d), str(d)]
     for target, literal in _python_aliases():
         a += ["--ro-bind", str(target), str(literal)]
+    for d in _unseen_docs():
+        a += ["--tmpfs", d, "--remount-ro", d]
     for d in exposure.hide_dirs:
         a += (["--size", "65536"] if size else []) + ["--tmpfs", str(d)]
     for f in exposure.read_files:
@@ -486,6 +498,22 @@ def become_subreaper() -> bool:
         return _is_subreaper
 
 
+def reap_orphans() -> int:
+    """Reap dead processes that reached the runner as subreaper and were not started by it: slot
+    processes whose parents died after the slot's own clean-up. Processes the runner's code started in
+    its own session are never touched. Returns how many were reaped."""
+    me, my_sid, n = os.getpid(), os.getsid(0), 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(entry)
+            if st and st.state == "Z" and st.ppid == me and st.sid != my_sid and int(entry) not in _RUNNER_CHILDREN:
+                try:
+                    n += os.waitpid(int(entry), os.WNOHANG)[0] != 0
+                except ChildProcessError:
+                    pass
+    return n
+
+
 def register_child(pid: int) -> None:
     _RUNNER_CHILDREN.add(pid)
 
@@ -610,26 +638,40 @@ class SlotProcesses:
         self.reap()
         return seen
 
-    def reap(self) -> None:
+    def reap(self, patience: float = 1.0) -> None:
         """Slot processes re-parented to the runner (its subreaper) are its children now: reap the dead
         ones, or they stay zombies. A zombie is reaped only if it was seen in the slot with the same start
         time, or if it would have been adopted by `scan` (started after the slot, in a session of its
-        own, not a process the runner started itself)."""
+        own, not a process the runner started itself). A PID namespace's init dies only after all of its
+        processes, so this waits up to `patience` seconds for members that are still exiting."""
         me = os.getpid()
-        seen = dict(self.members)
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            pid = int(entry)
-            st = _stat(pid)
-            if st is None or st.state != "Z" or st.ppid != me or pid in _RUNNER_CHILDREN:
-                continue
-            ours = seen.get(pid) == st.start or (self.root_pid and st.start >= self.since and st.sid != self.my_sid)
-            if ours:
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+        deadline = time.monotonic() + patience
+        while True:
+            dying = False
+            for pid, start in list(self.members):
+                st = _stat(pid)
+                if st is None or st.start != start:
+                    continue
+                if st.state != "Z":
+                    dying = True
+                elif st.ppid == me and pid not in _RUNNER_CHILDREN:
+                    _reap(pid)
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    st = _stat(entry)
+                    if (st and st.state == "Z" and st.ppid == me and int(entry) not in _RUNNER_CHILDREN
+                            and self.root_pid and st.start >= self.since and st.sid != self.my_sid):
+                        _reap(int(entry))
+            if not dying or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -75,11 +75,13 @@ def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str) -> torch.Tensor:
-    """Negative log-likelihood (nats, float64, on the CPU) of every target of (seq_len + 1)-token rows."""
+def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood (nats, float64, on the CPU) of every target of (seq_len + 1)-token rows:
+    the model reads rows[:, :-1]; the targets are rows[:, 1:], or `targets` when given."""
     chunk = rows.to(device)
     lp = _log_probs(fn, chunk[:, :-1], vocab_size)
-    return -lp.gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1).double().cpu()
+    y = (chunk if targets is None else targets.to(device))[:, 1:]
+    return -lp.gather(-1, y.unsqueeze(-1)).squeeze(-1).double().cpu()
 
 
 def windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
@@ -213,7 +215,7 @@ class Plan:
     """Every batch one evaluation runs, in a secret order: scoring, canary, causality and repeat batches
     all have SCORE_BATCH rows (or fewer, at a split's end) of seq_len + 1 tokens."""
 
-    batches: list  # (kind, split or None, index, rows tensor)
+    batches: list  # (kind, split, index, rows tensor, targets: the rows whose [:, 1:] are scored, or None)
     cuts: np.ndarray  # causality: per row of the probed batch, the first replaced position
     probed: int  # which val scoring batch the causality batch copies
     repeated: tuple  # (split, index) of the scoring batch run twice
@@ -225,10 +227,10 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
     for split in splits:
         w = torch.from_numpy(windows(dataset.text_tokens(split), seq_len, n_tokens))
         for i in range(0, len(w), SCORE_BATCH):
-            batches.append(("score", split, i // SCORE_BATCH, w[i:i + SCORE_BATCH]))
+            batches.append(("score", split, i // SCORE_BATCH, w[i:i + SCORE_BATCH], None))
         c = canary_rows(dataset, split, seq_len)
         for i in range(0, len(c.rows), SCORE_BATCH):
-            batches.append(("canary", split, i // SCORE_BATCH, c.rows[i:i + SCORE_BATCH]))
+            batches.append(("canary", split, i // SCORE_BATCH, c.rows[i:i + SCORE_BATCH], None))
     val = [b for b in batches if b[0] == "score" and b[1] == "val"]
     probed = int(rng.integers(len(val)))
     original = val[probed][3]
@@ -238,10 +240,11 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
     for r, cut in enumerate(cuts):  # the suffix becomes other real text of the split, from a secret place
         src = int(rng.integers(0, len(text) - seq_len - 1))
         altered[r, cut:] = torch.from_numpy(np.asarray(text[src:src + seq_len + 1 - cut], dtype=np.int64))
-    batches.append(("causality", "val", probed, altered))
+    # scored against the original targets: a model whose output at position t reads token t + 1 moves at t = cut - 1
+    batches.append(("causality", "val", probed, altered, original))
     scoring = [b for b in batches if b[0] == "score"]
     rep = scoring[int(rng.integers(len(scoring)))]
-    batches.append(("repeat", rep[1], rep[2], rep[3]))
+    batches.append(("repeat", rep[1], rep[2], rep[3], None))
     order = rng.permutation(len(batches))
     return Plan([batches[i] for i in order], cuts, probed, (rep[1], rep[2]))
 
@@ -272,8 +275,8 @@ def score(request: dict) -> dict:
     try:
         work = plan(dataset, splits, seq_len, n_tokens, probe_seed)
         nll: dict = {}
-        for kind, split, index, rows in work.batches:
-            nll[(kind, split, index)] = _target_nll(fn, rows, vocab, device)
+        for kind, split, index, rows, targets in work.batches:
+            nll[(kind, split, index)] = _target_nll(fn, rows, vocab, device, targets)
         probes = {}
         for split in splits:
             keys = sorted(k for k in nll if k[0] == "score" and k[1] == split)
@@ -320,10 +323,10 @@ def _numbers(value):
 
 
 def _causality(nll: dict, work: Plan) -> dict:
-    """Prefix log-probs of the probed batch against its scoring pass: before each cut, nothing may move."""
+    """Prefix log-probs of the probed batch against its scoring pass: at every position before the cut
+    (whose inputs are unchanged) the log-prob of the original target must not move."""
     before, after = nll[("score", "val", work.probed)], nll[("causality", "val", work.probed)]
-    worst = max(float((before[r, :c - 1] - after[r, :c - 1]).abs().max()) if c > 1 else 0.0
-                for r, c in enumerate(work.cuts))
+    worst = max(float((before[r, :c] - after[r, :c]).abs().max()) for r, c in enumerate(work.cuts))
     return {"pass": worst <= CAUSALITY_TOL, "max_prefix_change": worst, "tolerance": CAUSALITY_TOL,
             "rows": len(work.cuts)}
 

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import sqlite3
+import subprocess
 import statistics
 from pathlib import Path
 
@@ -419,11 +420,106 @@ def test_evo_export_writes_script_and_lineage_and_evo_eval_reproduces_the_journa
                                      "AND purpose != 'export'", (gid,))]
     floor = json.loads(db.execute("SELECT data FROM events WHERE kind = 'noise_floor'").fetchone()[0])["floor"]
 
-    for attempt in range(2):  # `evo eval` has the default grace (10 s): one retry if a loaded machine ran it out
-        ev = evo_cli("eval", script, "--budget", SMOKE_BUDGET, "--data", small_source, "--device", "cpu",
-                     "--out", root / f"eval-export-{attempt}", cwd=root)
+    for attempt in range(2):  # one retry if a loaded machine ran out the grace
+        ev = evo_cli("eval", script, "--run", run_dir, "--device", "cpu", "--out", root / f"eval-export-{attempt}",
+                     cwd=root)
         if not re.search(r"^reason:\s+timeout", ev.stdout, re.M):
             break
     assert ev.returncode == 0, ev.stdout + ev.stderr
     val = float(re.search(r"^val_bpb:\s+(\S+)", ev.stdout, re.M).group(1))
     assert abs(val - statistics.fmean(vals)) <= max(4 * floor, 0.5), (val, vals, floor)
+
+
+@pytest.mark.slow
+def test_one_artifact_scores_the_same_through_the_run_evo_eval_export_and_python_exported(smoke_run, evo_cli,
+                                                                                          python, data_env):
+    """One number, one definition: the run, `evo eval --run`, `evo export` and `python exported.py` score with
+    the same dataset and settings, and the same artifact gets the same val_bpb from each to 1e-6."""
+    from gpt import score as S
+    from gpt.data import Dataset
+
+    root, run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    export = evo_cli("export", run_dir, cwd=root)
+    assert export.returncode == 0, export.stdout + export.stderr
+    script = Path(dict(re.findall(r"^([a-z_ ]+):\s+(.+)$", export.stdout, re.M))["script"])
+    db = sqlite3.connect(run_dir / JOURNAL_NAME)
+    run_scoring = [json.loads(r)["scoring"] for (r,) in db.execute(
+        "SELECT result FROM evaluations WHERE state = 'done' AND status = 'ok' AND purpose != 'export'")]
+    (export_result,) = [json.loads(r) for (r,) in db.execute("SELECT result FROM evaluations WHERE purpose = 'export'")]
+    ev = evo_cli("eval", script, "--run", run_dir, "--device", "cpu", "--out", root / "same-number", cwd=root)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    eval_result = json.loads((root / "same-number" / "result.json").read_text())
+    by_hand = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=300, cwd=root,
+                             env={**data_env, "EVO_BUDGET": str(SMOKE_BUDGET)})
+    assert by_hand.returncode == 0, by_hand.stdout[-2000:] + by_hand.stderr[-2000:]
+    assert "the run's corpus" in by_hand.stderr
+    hand_result = json.loads(Path(re.search(r"^details: (.+)$", by_hand.stdout, re.M).group(1)).read_text())
+    settings = [run_scoring[0], export_result["scoring"], eval_result["scoring"], hand_result["scoring"]]
+    for other in settings:  # the test split is scored at export only: compare the shared settings
+        assert {k: v for k, v in other.items() if k != "test_tokens"} == \
+               {k: v for k, v in settings[0].items() if k != "test_tokens"}
+    assert all(s == run_scoring[0] for s in run_scoring)
+    assert settings[0]["eval_tokens"] == 2048  # SMOKE_TOML's, printed with every score
+    dataset = json.loads(db.execute("SELECT value FROM meta WHERE key = 'dataset'").fetchone()[0])
+    artifact = root / "same-number" / "work"
+    scores = [S.score({"artifact": str(artifact), "dataset": dataset, "seq_len": sc["seq_len"],
+                       "eval_tokens": sc["eval_tokens"], "device": "cpu", "probe_seed": k})["val_bpb"]
+              for k, sc in enumerate(settings)]
+    assert max(scores) - min(scores) <= 1e-6 and abs(scores[0] - eval_result["val_bpb"]) <= 1e-6, scores
+    assert Dataset(Path(dataset)).manifest["scored_tokens"]["val"] >= settings[0]["val_tokens"]
+
+
+# ---------------------------------------------------------------- a noise floor that cannot be poisoned
+def test_a_starved_noise_evaluation_is_run_again_not_folded_into_the_floor(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    starved = result(val=6.68)
+    starved.update(contended=True, cpu_share=0.05)
+    assert evolution.config.noise_repeats == 2
+    first = evolution.next_evaluation()
+    finish(evolution, first, starved)
+    assert evolution.floor is None and evolution.records[evolution.seed_ids[0]].vals == []
+    assert [e["genome_id"] for e in evolution.journal.events("contended")] == evolution.seed_ids
+    row = evolution.next_evaluation()
+    finish(evolution, row, result(val=3.00))
+    assert evolution.floor is None  # the starved one was replaced by a fresh noise evaluation: one more to go
+    row = evolution.next_evaluation()
+    assert row["purpose"] == "noise"
+    finish(evolution, row, result(val=3.02))
+    assert evolution.floor == pytest.approx(statistics.stdev([3.00, 3.02]))  # 6.68 never entered it
+    replayed = Evolution(evolution.run_dir, evolution.config, evolution.journal, evolution.dataset_path, quiet=True)
+    replayed.replay()
+    assert replayed.floor == evolution.floor
+    assert evolution.journal.count("purpose = 'noise'") == 3  # replaying queued nothing twice
+
+
+def test_an_evaluation_with_far_less_cpu_than_the_genomes_others_is_contended():
+    from evo.evolve import Evolution, GenomeRecord
+
+    rec = GenomeRecord(cpu_seconds=[20.0, 21.0, 19.0])
+    assert Evolution._contended(rec, {"cpu_seconds": 6.0})
+    assert not Evolution._contended(rec, {"cpu_seconds": 18.0})
+    assert not Evolution._contended(GenomeRecord(cpu_seconds=[20.0]), {"cpu_seconds": 1.0})  # nothing to compare
+
+
+def test_the_floor_pools_every_genomes_repeats_and_tightens_with_them(tmp_path):
+    from evo.fitness import pooled_noise_floor
+
+    floor, dof = pooled_noise_floor([[3.00, 3.02], [2.90, 2.91, 2.92], [2.5]])
+    assert dof == 3 and floor == pytest.approx(((0.0002 + 0.0002) / 3) ** 0.5)
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution)
+    assert evolution.floor_dof == 1
+    (child,) = _breed(evolution, [result(val=2.70)])
+    reeval = evolution.next_evaluation()
+    finish(evolution, reeval, result(val=2.71))
+    assert evolution.floor_dof == 1  # a candidate's first value chose it: only evaluations after it count
+
+
+def test_a_floor_larger_than_the_spread_of_the_children_is_a_warning(tmp_path):
+    evolution = synthetic_run(tmp_path / "run")
+    run_noise(evolution, vals=(3.00, 3.02))
+    evolution.floor = 0.5  # as if a poisoned noise evaluation had inflated it
+    _breed(evolution, [result(val=3.0 + 0.001 * k) for k in range(6)])
+    events = evolution.journal.events("implausible_floor")
+    assert len(events) == 1 and events[0]["floor"] == 0.5

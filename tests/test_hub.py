@@ -21,7 +21,7 @@ from gpt import hub
 from gpt.data import iter_documents, parquet_file_documents, prepare, pysource_files, pysource_roots
 from gpt.errors import UserError
 
-from conftest import REPO, SMALL_FRACTIONS
+from conftest import REPO, SMALL_FRACTIONS, SMALL_SECRET
 
 REPO_ID = "acme/corpus"
 
@@ -199,7 +199,7 @@ def test_interrupted_preparation_restarts_cleanly(tmp_path, small_source, small_
     stale = tmp_path / f"{small_dataset.path.name}.tmp{dead.pid}"
     (stale / "train").mkdir(parents=True)
     (stale / "train" / "train.bin").write_bytes(b"half")
-    ds = prepare(small_source, root=tmp_path, fractions=SMALL_FRACTIONS)
+    ds = prepare(small_source, root=tmp_path, fractions=SMALL_FRACTIONS, secret=SMALL_SECRET)
     assert ds.path.name == small_dataset.path.name and not stale.exists()
     assert ds.manifest["hashes"] == small_dataset.manifest["hashes"]
 

@@ -367,3 +367,78 @@ def test_an_artifact_that_is_not_an_exported_program_fails_with_bad_artifact(sma
     result = S.score(request(str(tmp_path), small_dataset))
     assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
     assert "is not JSON" in result["detail"] and "run.submit(model)" in result["detail"]
+
+
+# ---------------------------------------------------------------- the metric measures the text only
+class Trigram(HashedNgram):
+    ORDER, BUCKETS = 3, 1 << 14
+
+
+class Hedged(nn.Module):
+    """The same model with EPS of uniform probability mixed in: worse on real text, better on random strings."""
+
+    EPS = 0.01
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx):
+        p = torch.softmax(self.model(idx), dim=-1)
+        return torch.log((1 - self.EPS) * p + self.EPS / VOCAB)
+
+
+@pytest.fixture(scope="module")
+def prose_dataset(tmp_path_factory):
+    """A small prose corpus every Debian machine has: the common licenses, cut into ~2 KB documents."""
+    from pathlib import Path
+
+    from conftest import SMALL_FRACTIONS, SMALL_SECRET, write_corpus
+    from gpt.data import prepare
+
+    texts, seen = [], set()
+    for path in sorted(Path("/usr/share/common-licenses").glob("*")):
+        text = path.read_text(errors="strict") if path.is_file() else ""
+        if text in seen:
+            continue
+        seen.add(text)
+        paragraphs = text.split("\n\n")
+        piece = []
+        for para in paragraphs:
+            piece.append(para)
+            if sum(map(len, piece)) > 2000:
+                texts.append("\n\n".join(piece))
+                piece = []
+    if len(texts) < 60:
+        pytest.skip("/usr/share/common-licenses is missing or too small on this machine")
+    folder = write_corpus(tmp_path_factory.mktemp("prose"), texts)
+    return prepare(f"text:{folder}/*.txt", root=tmp_path_factory.mktemp("prose-data"), fractions=SMALL_FRACTIONS,
+                   secret=SMALL_SECRET)
+
+
+def test_a_model_that_hedges_never_beats_itself_unhedged_on_val_bpb(prose_dataset, tmp_path):
+    """Canaries are random hex: a model that hedges toward uniform scores them better. They are cut out of
+    the scored stream, so on val_bpb hedging only costs; with them left in (the old metric) it 'wins'."""
+    model = Trigram.fit(prose_dataset.tokens("train"))
+    plain = score_model(model, prose_dataset, tmp_path / "plain")
+    hedged = score_model(Hedged(model), prose_dataset, tmp_path / "hedged")
+    print(f"prose val_bpb: plain {plain['val_bpb']:.4f}, hedged {hedged['val_bpb']:.4f}; "
+          f"scored tokens {plain['scored_tokens']}")
+    assert (plain["status"], hedged["status"]) == ("ok", "ok")
+    assert hedged["val_bpb"] >= plain["val_bpb"] - 0.005
+    spans = prose_dataset.canary_spans("val")
+    assert len(spans) and plain["scored_tokens"] <= len(prose_dataset.text_tokens("val"))
+    # the same two models on the raw val stream, canaries included: the distortion the cut removes
+    raw = {name: S.bits_per_byte(m.eval(), np.asarray(prose_dataset.tokens("val")), np.ones(VOCAB, np.int64),
+                                 SEQ_LEN, 10**9, VOCAB, "cpu") for name, m in (("plain", model), ("hedged", Hedged(model)))}
+    print(f"raw stream with canaries: plain {raw['plain']:.4f}, hedged {raw['hedged']:.4f}")
+    assert raw["hedged"] < raw["plain"]
+
+
+def test_no_scored_token_is_a_canary_token(small_dataset):
+    """The scored stream is the documents: every canary span is cut out, nothing else is."""
+    tokens, spans = np.asarray(small_dataset.tokens("val")), small_dataset.canary_spans("val")
+    text = np.asarray(small_dataset.text_tokens("val"))
+    assert len(text) == len(tokens) - int((spans[:, 1] - spans[:, 0]).sum())
+    decoded = small_dataset.tokenizer.decode(text)
+    assert "# canary " not in decoded

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import gpt
-from conftest import GENOMES, REPO, SMALL_FRACTIONS, write_corpus
+from conftest import GENOMES, REPO, SMALL_FRACTIONS, SMALL_SECRET, write_corpus
 from evo import config as cfg
 from evo.evolve import Evolution, harness_seed
 from evo.genome import Genome
@@ -362,9 +362,10 @@ def overlap_corpus(small_docs, tmp_path_factory):
         (folder / name).write_text(copied, encoding="utf-8")
     original = docs[7]
     near = next(original + " " * k for k in range(1, 200)
-                if split_of(original + " " * k, SMALL_FRACTIONS) != split_of(original, SMALL_FRACTIONS))
+                if split_of(original + " " * k, SMALL_FRACTIONS, SMALL_SECRET)
+                != split_of(original, SMALL_FRACTIONS, SMALL_SECRET))
     (folder / "near_copy_of_doc_0007.txt").write_text(near, encoding="utf-8")
-    dataset = prepare(f"text:{folder}/*.txt", root=root / "data", fractions=SMALL_FRACTIONS)
+    dataset = prepare(f"text:{folder}/*.txt", root=root / "data", fractions=SMALL_FRACTIONS, secret=SMALL_SECRET)
     splits = {s: np.asarray(dataset.tokens(s)).astype(np.uint8).tobytes() for s in SPLITS}
     return dataset, splits, copied, original
 
@@ -373,7 +374,7 @@ def test_r04_a_document_under_five_file_names_lands_in_exactly_one_split_once(ov
     dataset, splits, copied, _ = overlap_corpus
     assert dataset.manifest["duplicates_removed"] == 4
     found = {s: b.count(copied.encode()) for s, b in splits.items() if copied.encode() in b}
-    assert found == {split_of(copied, SMALL_FRACTIONS): 1}, found
+    assert found == {split_of(copied, SMALL_FRACTIONS, SMALL_SECRET): 1}, found
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: de-duplication is exact (sha256 of the text); a near-duplicate "

@@ -1,0 +1,85 @@
+"""Sealing: can a genome read any evaluation document at a given sandbox level?
+
+A split is sealed when no document of val, heldout or test can be read from inside the
+genome's sandbox, by any path. Only bwrap builds the genome's file system from scratch, so
+only bwrap can seal: at `netns` and `none` the genome reads whatever the harness user reads.
+Under bwrap the folders holding a corpus's documents (`Dataset.document_roots`, e.g. the
+built-in corpus in `gpt/corpus`) are covered by an empty tmpfs. A corpus cannot be sealed
+when its documents are the runtime a genome must import (`stdlib`, `pysource`) or when a
+folder of it holds part of that runtime (a `text:` glob over the whole home directory that
+also holds the venv, say).
+
+Not detected: a copy of a document elsewhere in the sandbox's view (a license text that is
+also in a package's LICENSE file). `tests/test_sealing.py` searches every readable file of
+the sandbox for text of the default corpus's eval documents, as an attacker would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt import sandbox
+
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+@dataclass(frozen=True)
+class Seal:
+    """The verdict for one dataset at one level: sealed or not, why, and what the sandbox must hide."""
+
+    sealed: bool
+    why: str
+    hidden: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        return "sealed" if self.sealed else f"UNSEALED ({self.why})"
+
+
+def _runtime_dirs() -> list[Path]:
+    """What the genome's sandbox binds for its runtime: system folders, the Python prefixes, `gpt`."""
+    return [Path(d) for d in SYSTEM_DIRS if Path(d).exists()] + sandbox.python_dirs()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def seal(dataset, level: str) -> Seal:
+    """Whether `dataset`'s eval documents are out of a genome's reach at sandbox `level`."""
+    roots = dataset.manifest.get("document_roots")
+    source = dataset.manifest.get("source")
+    if roots is None:
+        return Seal(False, f"the {source!r} corpus is the interpreter's own library, which every genome must be "
+                           "able to import; use --data builtin (the default), text:, parquet: or hf:")
+    roots = [Path(r).resolve() for r in roots]
+    runtime = [d.resolve() for d in _runtime_dirs()]
+    for root in roots:
+        holds = [d for d in runtime if _within(d, root)]
+        if holds:
+            return Seal(False, f"the corpus folder {root} also holds the genome's runtime ({holds[0]}), so it "
+                               "cannot be hidden; move the corpus into a folder of its own")
+    if level != "bwrap":
+        return Seal(False, f"at sandbox level {level!r} the genome reads every file the harness user can, the eval "
+                           "splits and the corpus included; install bubblewrap for level bwrap",
+                    tuple(r for r in roots if r.is_dir()))
+    return Seal(True, "", tuple(r for r in roots if r.is_dir()))
+
+
+def unprotected(level: str) -> list[str]:
+    """What a level weaker than bwrap leaves open (docs/integrity.md has the full table)."""
+    if level == "bwrap":
+        return []
+    gaps = ["file-system isolation: the genome reads and writes what the harness user can (eval splits, other "
+            "slots' artifacts, the harness code)"]
+    if level == "none":
+        gaps += ["network isolation", "a PID namespace: the genome can signal the harness's processes"]
+    return gaps
+
+
+def describe(info: dict | None) -> str:
+    """One line from a run's journaled integrity record: sandbox level, sealed or not, what is open."""
+    if not info:
+        return "integrity: unknown (a run made before the sandbox level was journaled)"
+    seal_word = "sealed" if info.get("sealed") else f"UNSEALED ({info.get('unsealed_why')})"
+    weak = f"; weaker than bwrap, no {'; no '.join(info['unprotected'])}" if info.get("unprotected") else ""
+    return f"integrity: sandbox {info.get('sandbox')}, eval data {seal_word}{weak}"
