@@ -54,13 +54,15 @@ STRING_ARGUMENTS = {("gelu", "approximate"), ("gelu_backward", "approximate"), (
                     ("_assert_async", "assert_msg"), ("_assert_tensor_metadata", "dtype"),
                     ("linalg_vector_norm", "ord"), ("upsample_nearest1d", "mode")}
 DENIED_OPS = {"from_file", "_print", "save", "load", "_assert_scalar_unsafe"}
+# ops that hand out uninitialized memory (which still holds what earlier calls left there) are not refused here;
+# the scorer fills new memory instead (torch.utils.deterministic.fill_uninitialized_memory), see gpt.score
 OPERATOR_TARGETS = {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
                                                "pow", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
 SYM_TARGETS = {f"torch.sym_{n}" for n in ("float", "int", "max", "min", "not", "sqrt", "ite")}
 ATEN_TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FQN = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-SYMBOL = re.compile(r"[a-z]+[0-9]+")
+SYMBOL = re.compile(r"(s|u|c|z|f|q|d|r|x|y|p|ps|zf|zuf|idx)[0-9]+")  # torch's symbol prefixes (SymT)
 SYMPY_FUNCTIONS = {"FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
                    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
                    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
@@ -71,8 +73,11 @@ SYMPY_FUNCTIONS = {"FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "
                    "NegativeIntInfinity", "positive", "negative", "nonnegative", "nonpositive", "integer", "real",
                    "finite", "infinite", "zero", "nonzero", "even", "odd", "prime", "composite"}
 # srepr output: Mul(Integer(32), Symbol('s75', positive=True, integer=True)); quoted text is a symbol name only
-SYM_EXPR_TOKEN = re.compile(r"\s+|'[a-z]+[0-9]+'|[A-Za-z_][A-Za-z0-9_]*|[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|\*\*|"
-                            r"[-+*/(),<>=!]=?|>=|<=")
+SYM_EXPR_TOKEN = re.compile(r"\s+|'[a-z]+[0-9]+'|[A-Za-z_][A-Za-z0-9_]*|[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|"
+                            r"[-+*/(),=]")
+MAX_LITERAL = 2**40  # no shape needs more; sympy computes big powers and products exactly
+POWERS = {"Pow", "PowByNatural", "FloatPow"}
+MAX_EXPONENT = 64
 # the pytree specs of forward(idx) -> logits, as torch.export writes them
 CANONICAL_IN_SPEC = ('[1, {"type": "builtins.tuple", "context": "null", "children_spec": [{"type": "builtins.tuple", '
                      '"context": "null", "children_spec": [{"type": null, "context": null, "children_spec": []}]}, '
@@ -136,8 +141,11 @@ def open_regular(path: Path, limit: int):
         raise BadArtifact(f"{path.name} is missing; {FIX}") from None
     except OSError as exc:
         raise BadArtifact(f"{path.name} cannot be opened as a plain file ({exc.strerror}); {FIX}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BadArtifact(f"{path.name} is not a plain file the genome wrote itself (a directory, link or device)")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise BadArtifact(f"{path.name} is not a plain file the genome wrote itself (a link or a device)")
         if st.st_size > limit:
@@ -186,6 +194,8 @@ def _dict(value, what: str) -> dict:
 
 
 def _check_node(node: dict) -> None:
+    if node.get("name") is not None and not (isinstance(node["name"], str) and _plain_name(node["name"])):
+        raise BadArtifact(f"the node name {str(node['name'])[:100]!r} is not a plain identifier")
     target = node.get("target")
     if not isinstance(target, str):
         raise BadArtifact("a graph node has no target")
@@ -217,13 +227,28 @@ def _aten_schema(name: str, overload: str, target: str):
         raise BadArtifact(f"the graph calls {target}, which this torch does not have") from None
 
 
+SCALAR_TYPES = {"as_int": (int,), "as_float": (int, float), "as_bool": (bool,), "as_string": (str,),
+                "as_none": (bool,), "as_scalar_type": (int,), "as_memory_format": (int,), "as_layout": (int,)}
+LIST_TYPES = {"as_ints": (int,), "as_floats": (int, float), "as_bools": (bool,), "as_strings": (str,)}
+
+
 def _argument_kind(arg, target: str) -> str:
     if not isinstance(arg, dict) or len(arg) != 1:
         raise BadArtifact(f"an argument of {target} is malformed")
-    (kind,) = arg
+    ((kind, value),) = arg.items()
     if kind not in DATA_ARGUMENTS:
         raise BadArtifact(f"{target} takes a {kind} argument (subgraphs, operators and script objects are "
                           f"not accepted); {FIX}")
+    ok = True
+    if kind in SCALAR_TYPES:  # torch's reader does not check JSON types: a string could ride in an as_int
+        want = SCALAR_TYPES[kind]
+        ok = isinstance(value, want) and (bool in want or not isinstance(value, bool))
+    elif kind in LIST_TYPES:
+        want = LIST_TYPES[kind]
+        ok = isinstance(value, list) and all(isinstance(v, want) and (bool in want or not isinstance(v, bool))
+                                             for v in value)
+    if not ok:
+        raise BadArtifact(f"an argument of {target} is a {kind} holding {type(value).__name__}")
     return kind
 
 
@@ -233,9 +258,10 @@ def _check_signature(sig: dict) -> None:
         if kind not in INPUT_KINDS:
             raise BadArtifact(f"the program takes a {kind} input; {FIX}")
         for key in ("parameter_name", "buffer_name", "tensor_constant_name"):
-            name = spec[kind].get(key)
-            if name is not None and not (isinstance(name, str) and FQN.fullmatch(name)):
-                raise BadArtifact(f"{key} {str(name)[:100]!r} is not a dotted name")
+            name = _dict(spec[kind], "an input spec").get(key)
+            if name is not None and not (isinstance(name, str) and FQN.fullmatch(name)
+                                         and all(_attribute_name(part) or part.isdigit() for part in name.split("."))):
+                raise BadArtifact(f"{key} {str(name)[:100]!r} is not a dotted name of plain identifiers")
     user_inputs = [s for s in sig.get("input_specs") or [] if "user_input" in s]
     if len(user_inputs) != 1 or "as_tensor" not in user_inputs[0]["user_input"].get("arg", {}):
         raise BadArtifact(f"the program takes {len(user_inputs)} inputs; {FIX}")
@@ -261,7 +287,7 @@ def _check_strings(value, key: str = "") -> None:
                 raise BadArtifact(f"the name {v[:100]!r} in {PROGRAM_FILE} is not an identifier")
             elif k in ("tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values"):
                 for name in _dict(v, k):
-                    if not IDENTIFIER.fullmatch(name):
+                    if not _plain_name(name):
                         raise BadArtifact(f"the value name {name[:100]!r} is not an identifier")
                 _check_strings(v, k)
             elif k not in ("metadata",):
@@ -269,6 +295,20 @@ def _check_strings(value, key: str = "") -> None:
     elif isinstance(value, list):
         for v in value:
             _check_strings(v, key)
+
+
+def _plain_name(name: str) -> bool:
+    """An identifier that is safe as a local in generated Python: no keyword, not `self`."""
+    import keyword
+
+    return bool(IDENTIFIER.fullmatch(name)) and not keyword.iskeyword(name) and name not in ("self", "None")
+
+
+def _attribute_name(name: str) -> bool:
+    """A plain name that can also be set on the graph module without shadowing one of its own attributes."""
+    import torch
+
+    return _plain_name(name) and not hasattr(torch.fx.GraphModule, name)
 
 
 def check_sym_expr(text) -> None:
@@ -285,6 +325,47 @@ def check_sym_expr(text) -> None:
             if not (SYMBOL.fullmatch(word) or word in SYMPY_FUNCTIONS):
                 raise BadArtifact(f"the symbolic expression {text[:100]!r} names {word!r}")
         pos = m.end()
+    _check_sym_tree(text)
+
+
+def _check_sym_tree(text: str) -> None:
+    """Parse (never evaluate) the expression: calls of allowed names, bounded literals, small exponents."""
+    import ast
+
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise BadArtifact(f"the symbolic expression {text[:100]!r} does not parse") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            if abs(node.value) > MAX_LITERAL:
+                raise BadArtifact(f"the symbolic expression {text[:100]!r} holds the number {node.value!r}")
+        elif isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else None
+            if name is None:
+                raise BadArtifact(f"the symbolic expression {text[:100]!r} calls something that is not a name")
+            if name in POWERS:
+                exponent = node.args[1] if len(node.args) == 2 else None
+                value = _literal(exponent)
+                if value is None or abs(value) > MAX_EXPONENT:
+                    raise BadArtifact(f"the symbolic expression {text[:100]!r} raises to a power that is not a "
+                                      f"small number")
+        elif isinstance(node, (ast.BinOp,)) and isinstance(node.op, (ast.Pow,)):
+            raise BadArtifact(f"the symbolic expression {text[:100]!r} uses **")
+
+
+def _literal(node):
+    """An int literal, possibly wrapped as Integer(n) or negated, else None."""
+    import ast
+
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Integer" and node.args:
+        node = node.args[0]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _literal(node.operand)
+        return -inner if inner is not None else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
 
 
 def _canonical_call_graph(entries) -> list:
@@ -294,47 +375,72 @@ def _canonical_call_graph(entries) -> list:
     if not isinstance(sig, dict) or sig.get("in_spec") != CANONICAL_IN_SPEC or sig.get("out_spec") != CANONICAL_OUT_SPEC:
         raise BadArtifact(f"forward() must take exactly one tensor and return exactly one tensor; {FIX}")
     names = sig.get("forward_arg_names")
-    if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str) and IDENTIFIER.fullmatch(names[0])):
+    if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str) and _attribute_name(names[0])):
         raise BadArtifact(f"forward() must take one argument; {FIX}")
     return [{"fqn": "", "signature": {"inputs": [], "outputs": [], "in_spec": CANONICAL_IN_SPEC,
                                       "out_spec": CANONICAL_OUT_SPEC, "forward_arg_names": names}}]
 
 
 def load(folder: str | os.PathLike, max_weight_bytes: int = 64 * 2**30):
-    """Check and load an artifact; returns the ExportedProgram. Raises BadArtifact.
+    """Check and load an artifact; returns (program, module). Raises BadArtifact, and only that.
 
     Nothing in either file is executed: the weights go through the safetensors parser, the
-    program through `check_program` before torch's JSON deserializer builds the graph."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors import safe_open
-    from torch._export.serde import schema
-    from torch._export.serde.serialize import ExportedProgramDeserializer, SerializeError, _dict_to_dataclass
-
+    program through `check_program` before torch's JSON deserializer builds the graph. The graph
+    is then functionalized, so a write to a buffer hidden behind a view or an alias shows up as a
+    mutation in the signature, and refused: the scorer only runs pure functions."""
     folder = Path(folder)
     try:
+        return _load(folder, max_weight_bytes)
+    except BadArtifact:
+        raise
+    except RecursionError:
+        raise BadArtifact(f"{PROGRAM_FILE} is nested too deeply; {FIX}") from None
+    except Exception as exc:  # torch's reader and verifier raise many types for malformed input
+        raise BadArtifact(f"the program cannot be rebuilt ({type(exc).__name__}: {str(exc)[:300]}); {FIX}") from None
+
+
+def _load(folder: Path, max_weight_bytes: int):
+    from safetensors import safe_open
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
+
+    try:
         doc = json.loads(read_regular(folder / PROGRAM_FILE, MAX_PROGRAM_BYTES))
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise BadArtifact(f"{PROGRAM_FILE} is not JSON ({str(exc)[:200]}); {FIX}") from None
     doc = check_program(doc)
     try:
         with open_regular(folder / WEIGHTS_FILE, max_weight_bytes) as f:  # memory-mapped through the open fd
             with safe_open(f"/proc/self/fd/{f.fileno()}", framework="pt") as st:
                 weights = {name: st.get_tensor(name) for name in st.keys()}
-    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
-        raise BadArtifact(f"{WEIGHTS_FILE} is not a safetensors file ({str(exc)[:200]}); {FIX}") from None
-    state_dict, constants = _split_weights(doc["graph_module"]["signature"], weights)
-    try:
-        serialized = _dict_to_dataclass(schema.ExportedProgram, doc)
-        program = ExportedProgramDeserializer().deserialize(serialized, state_dict, constants, None)
     except BadArtifact:
         raise
-    except (SerializeError, KeyError, TypeError, ValueError, AttributeError, AssertionError, RuntimeError,
-            RecursionError) as exc:
-        raise BadArtifact(f"the program cannot be rebuilt ({type(exc).__name__}: {str(exc)[:300]}); {FIX}") from None
-    if program.graph_signature.buffers_to_mutate or program.graph_signature.user_inputs_to_mutate:
-        raise BadArtifact(f"the program changes its buffers or inputs; {FIX}")
-    return program
+    except Exception as exc:
+        raise BadArtifact(f"{WEIGHTS_FILE} is not a safetensors file ({str(exc)[:200]}); {FIX}") from None
+    state_dict, constants = _split_weights(doc["graph_module"]["signature"], weights)
+    serialized = _dict_to_dataclass(schema.ExportedProgram, doc)
+    program = ExportedProgramDeserializer().deserialize(serialized, state_dict, constants, None)
+    _check_weights_match_graph(program)
+    program = program.run_decompositions({})  # functionalize: hidden in-place writes become explicit
+    sig = program.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate or getattr(sig, "parameters_to_mutate", None):
+        raise BadArtifact(f"the program changes its buffers, parameters or inputs while it runs; {FIX}")
+    return program, program.module()
+
+
+def _check_weights_match_graph(program) -> None:
+    """Every weight has the shape and dtype the graph was traced with."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    sig = program.graph_signature
+    named = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    tensors = {**program.state_dict, **program.constants}
+    for node_name, weight_name in named.items():
+        val = placeholders[node_name].meta.get("val")
+        t = tensors.get(weight_name)
+        if val is None or t is None or tuple(val.shape) != tuple(t.shape) or val.dtype != t.dtype:
+            raise BadArtifact(f"the weight {weight_name!r} is {tuple(t.shape) if t is not None else 'missing'} "
+                              f"{getattr(t, 'dtype', '')}, but the graph reads "
+                              f"{tuple(val.shape) if val is not None else '?'} {getattr(val, 'dtype', '')}; {FIX}")
 
 
 def _split_weights(signature: dict, weights: dict) -> tuple[dict, dict]:
@@ -342,6 +448,7 @@ def _split_weights(signature: dict, weights: dict) -> tuple[dict, dict]:
     state_dict, constants = {}, {}
     for spec in signature.get("input_specs") or []:
         kind, body = next(iter(spec.items()))
+        body = _dict(body, "an input spec")
         name = body.get("parameter_name") or body.get("buffer_name") or body.get("tensor_constant_name")
         if kind == "user_input":
             continue

@@ -268,10 +268,36 @@ def score(request: dict) -> dict:
         return {**result, "status": "failed", "reason": reason, "detail": detail, "eval_seconds": time.monotonic() - start}
 
     try:
-        program = artifact.load(request["artifact"])
-        fn = program.module().to(device)
+        program, fn = artifact.load(request["artifact"])
+        fn = fn.to(device)
     except artifact.BadArtifact as exc:
         return failed("bad_artifact", str(exc))
+    with _fresh_memory():
+        return _score_loaded(program, fn, dataset, device, seq_len, n_tokens, probe_seed, splits, vocab, token_bytes,
+                             result, scoring, failed, start)
+
+
+class _fresh_memory:
+    """Deterministic mode while scoring: new tensors (aten.empty and friends) are filled, never handed out holding
+    what an earlier batch left in memory, which a graph could otherwise read back without writing any state."""
+
+    def __enter__(self):
+        import torch.utils.deterministic as det
+
+        self.saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                      det.fill_uninitialized_memory)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        det.fill_uninitialized_memory = True
+
+    def __exit__(self, *exc):
+        import torch.utils.deterministic as det
+
+        torch.use_deterministic_algorithms(self.saved[0], warn_only=self.saved[1])
+        det.fill_uninitialized_memory = self.saved[2]
+
+
+def _score_loaded(program, fn, dataset, device, seq_len, n_tokens, probe_seed, splits, vocab, token_bytes, result,
+                  scoring, failed, start) -> dict:
     try:
         work = plan(dataset, splits, seq_len, n_tokens, probe_seed)
         nll: dict = {}

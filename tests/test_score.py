@@ -301,12 +301,10 @@ def test_canary_probe_fails_a_small_transformer_trained_300_steps_on_val(small_d
 # ---------------------------------------------------------------- statelessness and bad outputs
 
 
-def test_statelessness_fails_a_model_that_changes_a_buffer_in_forward(small_dataset, tmp_path):
+def test_a_model_that_changes_a_buffer_in_forward_is_refused_before_it_is_scored(small_dataset, tmp_path):
     result = score_model(CountsCalls(), small_dataset, tmp_path)
-    assert result["status"] == "flagged" and "stateless" in reasons(result)
-    probe = result["probes"]["stateless"]
-    assert any("count" in m for m in probe["graph_mutations"]), probe
-    assert probe["repeat_drift"] > S.STATELESS_TOL
+    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
+    assert "changes its buffers" in result["detail"] and "val_bpb" not in result
 
 
 def test_statelessness_passes_a_pure_model(small_dataset, tmp_path):

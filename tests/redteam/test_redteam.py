@@ -617,11 +617,11 @@ def test_r12_every_evaluation_journals_the_slot_it_ran_in(tmp_path):
 
 
 # ================================================================= row 13: learning at evaluation time
-def test_r13_a_model_that_learns_from_the_eval_stream_is_flagged_stateless(small_dataset, tmp_path):
+def test_r13_a_model_that_learns_from_the_eval_stream_is_refused_before_it_is_scored(small_dataset, tmp_path):
+    """The artifact is functionalized at load: its index_add_ into a buffer becomes a declared mutation."""
     result, _ = slot(RED / "r13_test_time_training.py", small_dataset, tmp_path / "slot")
-    assert result["status"] == "flagged" and "stateless" in reasons(result), result
-    probe = result["probes"]["stateless"]
-    assert any("seen" in m for m in probe["graph_mutations"]) and probe["repeat_drift"] > 1e-3, probe
+    assert (result["status"], result["reason"]) == ("failed", "bad_artifact"), result
+    assert "changes its buffers" in result["detail"] and "val_bpb" not in result
 
 
 # ================================================================= row 14: a hack spreading through crossover
