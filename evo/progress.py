@@ -25,11 +25,13 @@ class Progress:
         val = result.get("val_bpb")
         left = f"{seq}/{limit}" if limit else f"{seq}"
         if status == "ok":
-            outcome = f"val {val:.4f}"
+            outcome = f"val {val:.4f} on {result.get('scored_tokens', '?')} tokens"
             if seed and seed.mean is not None:
                 outcome += f" ({val - seed.mean:+.4f} vs seed)"
         else:
             outcome = f"{status}: {result.get('reason')}"
+        if result.get("contended"):
+            outcome += f" (contended: CPU share {result.get('cpu_share', 0):.2f}, run again)"
         line = f"[{left}] {row['genome_id']} {row['purpose']:<6} {genome.operator:<15} {outcome}"
         if best and best.mean is not None and seed and seed.mean is not None:
             margin = seed.mean - best.mean
