@@ -229,6 +229,7 @@ def _aten_schema(name: str, overload: str, target: str):
 
 SCALAR_TYPES = {"as_int": (int,), "as_float": (int, float), "as_bool": (bool,), "as_string": (str,),
                 "as_none": (bool,), "as_scalar_type": (int,), "as_memory_format": (int,), "as_layout": (int,)}
+NON_FINITE = ("Infinity", "-Infinity", "NaN")
 LIST_TYPES = {"as_ints": (int,), "as_floats": (int, float), "as_bools": (bool,), "as_strings": (str,)}
 
 
@@ -239,14 +240,16 @@ def _argument_kind(arg, target: str) -> str:
     if kind not in DATA_ARGUMENTS:
         raise BadArtifact(f"{target} takes a {kind} argument (subgraphs, operators and script objects are "
                           f"not accepted); {FIX}")
+    def fits(v, want) -> bool:
+        if (int in want or float in want) and v in NON_FINITE and kind in ("as_float", "as_floats"):
+            return True  # torch writes inf and nan as these strings (an honest -inf attention mask)
+        return isinstance(v, want) and (bool in want or not isinstance(v, bool))
+
     ok = True
     if kind in SCALAR_TYPES:  # torch's reader does not check JSON types: a string could ride in an as_int
-        want = SCALAR_TYPES[kind]
-        ok = isinstance(value, want) and (bool in want or not isinstance(value, bool))
+        ok = fits(value, SCALAR_TYPES[kind])
     elif kind in LIST_TYPES:
-        want = LIST_TYPES[kind]
-        ok = isinstance(value, list) and all(isinstance(v, want) and (bool in want or not isinstance(v, bool))
-                                             for v in value)
+        ok = isinstance(value, list) and all(fits(v, LIST_TYPES[kind]) for v in value)
     if not ok:
         raise BadArtifact(f"an argument of {target} is a {kind} holding {type(value).__name__}")
     return kind

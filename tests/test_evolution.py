@@ -446,7 +446,8 @@ def test_one_artifact_scores_the_same_through_the_run_evo_eval_export_and_python
     db = sqlite3.connect(run_dir / JOURNAL_NAME)
     run_scoring = [json.loads(r)["scoring"] for (r,) in db.execute(
         "SELECT result FROM evaluations WHERE state = 'done' AND status = 'ok' AND purpose != 'export'")]
-    (export_result,) = [json.loads(r) for (r,) in db.execute("SELECT result FROM evaluations WHERE purpose = 'export'")]
+    export_result = json.loads(db.execute("SELECT result FROM evaluations WHERE purpose = 'export' "
+                                          "ORDER BY id DESC LIMIT 1").fetchone()[0])
     ev = evo_cli("eval", script, "--run", run_dir, "--device", "cpu", "--out", root / "same-number", cwd=root)
     assert ev.returncode == 0, ev.stdout + ev.stderr
     eval_result = json.loads((root / "same-number" / "result.json").read_text())

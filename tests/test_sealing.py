@@ -186,3 +186,30 @@ def test_evo_eval_rejects_a_budget_that_is_not_positive(evo_cli, tmp_path):
     for budget in (0, -5):
         proc = evo_cli("eval", genome, "--budget", budget, cwd=tmp_path)
         assert proc.returncode == 2 and "must be a positive number" in proc.stderr, proc.stderr
+
+
+def test_a_weaker_level_is_refused_for_sealing_and_when_allowed_names_what_it_does_not_protect(default_dataset,
+                                                                                             capsys):
+    from evo.commands import integrity_check
+    from gpt.errors import UserError
+    from gpt.sealing import describe
+
+    with pytest.raises(UserError, match="cannot be sealed.*--allow-unsealed"):
+        integrity_check(default_dataset, "none", allow_unsealed=False)
+    info = integrity_check(default_dataset, "none", allow_unsealed=True)
+    err = capsys.readouterr().err
+    assert "does not give file-system isolation" in err and "network isolation" in err and "UNSEALED" in err
+    assert info["sandbox"] == "none" and info["sealed"] is False and len(info["unprotected"]) == 3
+    line = describe(info)
+    assert "sandbox none" in line and "UNSEALED" in line and "no network isolation" in line
+
+
+@needs_bwrap
+def test_under_bwrap_the_default_corpus_runs_sealed_with_no_warning(default_dataset, capsys):
+    from evo.commands import integrity_check
+    from gpt.sealing import describe
+
+    info = integrity_check(default_dataset, "bwrap", allow_unsealed=False)
+    assert info == {"sandbox": "bwrap", "sealed": True, "unsealed_why": None, "unprotected": []}
+    assert "warning" not in capsys.readouterr().err
+    assert describe(info) == "integrity: sandbox bwrap, eval data sealed"
