@@ -103,13 +103,19 @@ class ClockPipe:
                         self.times.setdefault(word, now)
 
 
-def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, export_allowance_s: float) -> dict:
+STARTUP_CPU_S = 6.0  # CPU seconds a slot may use before `connect`: an interpreter importing torch needs ~2
+
+
+def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, export_allowance_s: float,
+                  cpu_before_connect: float | None = None) -> dict:
     """The budget probe, from the runner's own timestamps only.
 
     The clock starts at `connect`, or at spawn + the startup allowance if that is earlier
     (work before connect is training outside the clock otherwise); it stops at `submit`.
-    The genome fails the probe if it never said `submit`, said it past the deadline by more
-    than the tolerance, or took longer than the export allowance between `submit` and exit."""
+    The genome fails the probe if it never said `connect` or `submit`, used more CPU before
+    `connect` than importing needs (work done before the clock starts), said `submit` past the
+    deadline by more than the tolerance, or took longer than the export allowance from `submit`
+    to exit."""
     connect, submit = times.get("connect"), times.get("submit")
     started = min(connect, spawned + STARTUP_ALLOWANCE_S) if connect is not None else spawned + STARTUP_ALLOWANCE_S
     deadline = started + budget_s
@@ -117,7 +123,12 @@ def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, e
     export_s = exited - submit if submit is not None else None
     tolerance = budget_tolerance(budget_s)
     why = None
-    if submit is None:
+    if connect is None:
+        why = "the genome never said connect on the harness clock (its clock pipe was closed or silenced)"
+    elif cpu_before_connect is not None and cpu_before_connect > STARTUP_CPU_S:
+        why = (f"the slot used {cpu_before_connect:.1f} CPU seconds before lab.connect() (imports need about 2; "
+               f"the limit is {STARTUP_CPU_S:g}): work before the clock starts")
+    elif submit is None:
         why = "the artifact did not come through run.submit() (no submit on the harness clock)"
     elif overrun > tolerance:
         why = f"submitted {overrun:.1f} s after the budget ran out (tolerance {tolerance:g} s)"
@@ -126,6 +137,7 @@ def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, e
     return {"pass": why is None, "detail": why, "overrun_s": overrun, "tolerance_s": tolerance,
             "export_s": export_s, "export_allowance_s": export_allowance_s,
             "startup_s": (connect - spawned) if connect is not None else None,
+            "cpu_before_connect_s": cpu_before_connect,
             "train_s": (submit - started) if submit is not None else None}
 
 
@@ -344,7 +356,8 @@ def train(job: SlotJob, out: Path, level: str | None = None) -> dict:
     leftovers = _leftovers(out / "stderr.txt") if not timed_out and watchdog.breach is None else None
     return {"timed_out": timed_out and watchdog.breach is None, "returncode": proc.returncode,
             "wall_seconds": slot_processes_seconds, "grace_s": grace, "work": work, "sandbox": level,
-            "breach": breach, "clock": clock_verdict(times, start, exited, job.budget_s, allowance),
+            "breach": breach, "clock": clock_verdict(times, start, exited, job.budget_s, allowance,
+                                                     watchdog.cpu_before(times["connect"]) if "connect" in times else None),
             "limits": limits.describe(), "leftover_processes": leftovers, "peak_memory_mb": watchdog.peak_mb,
             "peak_procs": watchdog.peak_procs, "cpu_seconds": watchdog.cpu_seconds,
             "escaped_processes": procs.escaped}

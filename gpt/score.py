@@ -7,7 +7,8 @@ logits itself and divides by the byte length of every target token. Run as
 imports torch before reading stdin so the slot runner can start it early.
 
 The metric: bits per byte on the split's *documents only* (`Dataset.text_tokens`: the planted
-canaries are cut out of the stream), in non-overlapping windows of `seq_len` from the start,
+canaries are cut out of the stream), in windows of `seq_len` that start 2 x `seq_len` apart
+(no row holds another row's answer), in a secret order,
 `eval_tokens` target tokens per split, batches of SCORE_BATCH rows. Every result says how
 many tokens it scored.
 
@@ -15,9 +16,9 @@ Probes run on batches of the same shape as scoring, in an order shuffled by the 
 `probe_seed` (drawn by the runner per evaluation; the genome never sees it), so a model
 cannot tell a probe from a scoring batch. All of them fail closed: a non-finite logit fails
 the evaluation (`nan`), a non-finite probe statistic fails the probe.
-- causality: a scoring batch of val is run again with each row's suffix after a secret cut
-  replaced by other real text; the prefix log-probs must not move (CAUSALITY_TOL nats, the
-  same for every dtype: an honest causal model gives identical prefix outputs);
+- causality: every scoring batch is run again, its rows permuted and each row's suffix after a
+  secret cut replaced by other real text; the prefix log-probs must not move (CAUSALITY_TOL
+  nats, the same for every dtype: an honest causal model gives identical prefix outputs);
 - canary: each planted canary, in the context it has in its split, scored against
   controls (planted nowhere) in the same contexts;
 - stateless: the graph mutates no parameter, buffer or input, and a secret scoring batch
@@ -85,9 +86,11 @@ def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str, targets: t
 
 
 def windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
-    """Non-overlapping (seq_len + 1)-token windows from the start of a stream."""
-    n = min(max(n_tokens // seq_len, 1), (len(tokens) - 1) // seq_len)
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
+    """(seq_len + 1)-token windows from the start of a stream, 2 * seq_len apart: no window's target
+    (nor the token after it) is in any other window, so no row of a batch holds another row's answer."""
+    stride = 2 * seq_len
+    n = max(min(max(n_tokens // seq_len, 1), (len(tokens) - seq_len - 1) // stride + 1), 1)
+    idx = np.arange(n)[:, None] * stride + np.arange(seq_len + 1)
     return tokens[idx].astype(np.int64)
 
 
@@ -216,37 +219,42 @@ class Plan:
     all have SCORE_BATCH rows (or fewer, at a split's end) of seq_len + 1 tokens."""
 
     batches: list  # (kind, split, index, rows tensor, targets: the rows whose [:, 1:] are scored, or None)
-    cuts: np.ndarray  # causality: per row of the probed batch, the first replaced position
-    probed: int  # which val scoring batch the causality batch copies
+    twins: dict  # (split, index) -> (row permutation, cuts): each scoring batch's causality twin
     repeated: tuple  # (split, index) of the scoring batch run twice
 
 
 def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe_seed: int) -> Plan:
+    """Every scoring batch (windows in a secret order) gets a causality twin: its rows permuted, each row's
+    suffix after a secret cut replaced by other real text of the split. A model whose output before the
+    cut depends on the future, or on the other rows of its batch, shows it in every batch it does so."""
     rng = np.random.default_rng([probe_seed, 0x5C0E])
-    batches = []
+    batches, twins = [], {}
     for split in splits:
-        w = torch.from_numpy(windows(dataset.text_tokens(split), seq_len, n_tokens))
+        text = dataset.text_tokens(split)
+        w = torch.from_numpy(windows(text, seq_len, n_tokens))[torch.from_numpy(rng.permutation(len(windows(
+            text, seq_len, n_tokens))))]
         for i in range(0, len(w), SCORE_BATCH):
-            batches.append(("score", split, i // SCORE_BATCH, w[i:i + SCORE_BATCH], None))
+            rows = w[i:i + SCORE_BATCH]
+            index = i // SCORE_BATCH
+            batches.append(("score", split, index, rows, None))
+            perm = torch.from_numpy(rng.permutation(len(rows)))
+            cuts = rng.integers(1, seq_len, len(rows))
+            original = rows[perm]
+            altered = original.clone()
+            for r, cut in enumerate(cuts):
+                src = int(rng.integers(0, len(text) - seq_len - 1))
+                altered[r, cut:] = torch.from_numpy(np.asarray(text[src:src + seq_len + 1 - cut], dtype=np.int64))
+            # scored against the original targets: a model whose output at t reads token t + 1 moves at t = cut - 1
+            batches.append(("causality", split, index, altered, original))
+            twins[(split, index)] = (perm, cuts)
         c = canary_rows(dataset, split, seq_len)
         for i in range(0, len(c.rows), SCORE_BATCH):
             batches.append(("canary", split, i // SCORE_BATCH, c.rows[i:i + SCORE_BATCH], None))
-    val = [b for b in batches if b[0] == "score" and b[1] == "val"]
-    probed = int(rng.integers(len(val)))
-    original = val[probed][3]
-    cuts = rng.integers(1, seq_len, len(original))
-    text = dataset.text_tokens("val")
-    altered = original.clone()
-    for r, cut in enumerate(cuts):  # the suffix becomes other real text of the split, from a secret place
-        src = int(rng.integers(0, len(text) - seq_len - 1))
-        altered[r, cut:] = torch.from_numpy(np.asarray(text[src:src + seq_len + 1 - cut], dtype=np.int64))
-    # scored against the original targets: a model whose output at position t reads token t + 1 moves at t = cut - 1
-    batches.append(("causality", "val", probed, altered, original))
     scoring = [b for b in batches if b[0] == "score"]
     rep = scoring[int(rng.integers(len(scoring)))]
     batches.append(("repeat", rep[1], rep[2], rep[3], None))
     order = rng.permutation(len(batches))
-    return Plan([batches[i] for i in order], cuts, probed, (rep[1], rep[2]))
+    return Plan([batches[i] for i in order], twins, (rep[1], rep[2]))
 
 
 def score(request: dict) -> dict:
@@ -349,12 +357,15 @@ def _numbers(value):
 
 
 def _causality(nll: dict, work: Plan) -> dict:
-    """Prefix log-probs of the probed batch against its scoring pass: at every position before the cut
-    (whose inputs are unchanged) the log-prob of the original target must not move."""
-    before, after = nll[("score", "val", work.probed)], nll[("causality", "val", work.probed)]
-    worst = max(float((before[r, :c] - after[r, :c]).abs().max()) for r, c in enumerate(work.cuts))
-    return {"pass": worst <= CAUSALITY_TOL, "max_prefix_change": worst, "tolerance": CAUSALITY_TOL,
-            "rows": len(work.cuts)}
+    """Every scoring batch against its twin: at every position before a row's cut (whose inputs are
+    unchanged) the log-prob of the original target must not move."""
+    worst, rows = 0.0, 0
+    for (split, index), (perm, cuts) in work.twins.items():
+        before, after = nll[("score", split, index)][perm], nll[("causality", split, index)]
+        for r, c in enumerate(cuts):
+            worst = max(worst, float((before[r, :c] - after[r, :c]).abs().max()))
+        rows += len(cuts)
+    return {"pass": worst <= CAUSALITY_TOL, "max_prefix_change": worst, "tolerance": CAUSALITY_TOL, "rows": rows}
 
 
 def _canary(nll: dict, dataset: Dataset, splits: list[str], seq_len: int, token_bytes: torch.Tensor) -> dict:

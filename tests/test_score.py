@@ -49,9 +49,11 @@ def reasons(result: dict) -> list[str]:
 
 
 def scored_val_targets(tokens: np.ndarray) -> np.ndarray:
-    """The val tokens the scorer predicts: the targets of its first windows, computed here on their own."""
-    n_windows = min(EVAL_TOKENS // SEQ_LEN, (len(tokens) - 1) // SEQ_LEN)
-    return np.asarray(tokens[1:n_windows * SEQ_LEN + 1]).astype(np.int64)
+    """The val tokens the scorer predicts: the targets of its windows (SEQ_LEN + 1 tokens, starting
+    2 x SEQ_LEN apart), computed here on their own."""
+    n_windows = min(EVAL_TOKENS // SEQ_LEN, (len(tokens) - SEQ_LEN - 1) // (2 * SEQ_LEN) + 1)
+    return np.concatenate([np.asarray(tokens[i * 2 * SEQ_LEN + 1:i * 2 * SEQ_LEN + SEQ_LEN + 1])
+                           for i in range(n_windows)]).astype(np.int64)
 
 
 class ConstantLogits(nn.Module):

@@ -8,7 +8,7 @@ What it tries (no monkeypatch, no environ, no lab private name, no path literal)
 3. trains until its own start + 10 s + budget + MARGIN_S (inside the 2 s submit tolerance);
 4. writes `submit` on the saved clock fd itself (os.write), trains STEAL_S more (inside the 5 s
    export allowance), then calls run.submit(model), whose own `submit` the runner ignores.
-MODE = "honest" is the twin: same model, trains until run.time_left() <= 0 and submits.
+With MODE set to "honest" it is the twin: same model, trains until run.time_left() <= 0 and submits.
 Prints `REDTEAM {json}`: steps and the seconds it really trained (its own monotonic clock).
 What evo must produce: flagged `budget` (or no extra training time).
 """
@@ -30,20 +30,27 @@ MODE = "attack"
 WIDTH = 16
 SEQ_LEN = 64
 BATCH_SIZE = 16
-LEARNING_RATE = 0.03
+LEARNING_RATE = 0.003
 ALLOWANCE_S = 10.0  # gpt.lab.STARTUP_ALLOWANCE_S, a public number
 MARGIN_S = 1.0
 STEAL_S = 3.0
+CONTEXT, HIDDEN = 4, 128
 
 
-class Bigram(nn.Module):
+class ContextMLP(nn.Module):
+    """Embeddings of the last CONTEXT tokens (causal shifts) -> MLP -> next-token logits: still
+    improving after thousands of steps, so extra time shows in val_bpb."""
+
     def __init__(self, vocab_size, width):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, width)
-        self.head = nn.Linear(width, vocab_size, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(CONTEXT * width, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, vocab_size))
 
     def forward(self, idx):
-        return self.head(self.embed(idx))
+        T = idx.shape[1]
+        padded = F.pad(idx, (CONTEXT - 1, 0))
+        feats = torch.cat([self.embed(padded[:, j:j + T]) for j in range(CONTEXT)], dim=-1)
+        return self.mlp(feats)
 
 
 clock = None
@@ -64,7 +71,7 @@ if clock is not None:
 else:
     run = lab.connect()
 torch.set_num_threads(1)
-model = Bigram(run.vocab_size, WIDTH).to(run.device)
+model = ContextMLP(run.vocab_size, WIDTH).to(run.device)
 optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
 stop_at = T0 + ALLOWANCE_S + run.budget_s + MARGIN_S if clock is not None else None
 told = None

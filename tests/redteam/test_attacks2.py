@@ -1,0 +1,148 @@
+"""Red team, second pass: attacks on the clock, the causality probe's coverage, the scorer's unclocked
+compute and the sandbox's view of the corpus. Each test asserts the SAFE outcome; where evo does not
+produce it today the test is `xfail(strict=True)` with the FINDING in its reason (it starts failing the
+day the gap is closed: then remove the marker). Genomes: tests/redteam/x_*.py (each header says what it
+tries and what evo must produce). The honest twins: tests/genomes/evo_steps.py at the same harness seed,
+or the same genome with its attack knob off.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import GENOMES
+from gpt import sandbox
+from gpt.runner import SlotJob, default_export_allowance, run_slot
+from gpt.sealing import seal
+from gpt.static_checks import check_source
+
+RED = Path(__file__).resolve().parent
+HONEST = GENOMES / "evo_steps.py"
+SEED = 1234
+needs_bwrap = pytest.mark.skipif("bwrap" not in sandbox.available_levels(), reason="bubblewrap cannot run here")
+
+
+def variant(genome: Path, folder: Path, **knobs) -> Path:
+    text = genome.read_text()
+    for name, value in knobs.items():
+        text, n = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", text, count=1, flags=re.M)
+        assert n == 1, f"{genome.name} has no line '{name} = ...'"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{genome.stem}-{uuid.uuid4().hex[:6]}.py"
+    out.write_text(text)
+    return out
+
+
+def slot(genome: Path, dataset, out: Path, **kw) -> tuple[dict, str]:
+    job = dict(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=4.0, grace_s=30.0,
+               eval_tokens=4096, threads=1, seed=SEED, sandbox="bwrap")
+    job.update(kw)
+    result = run_slot(SlotJob(**job))
+    stdout = (out / "stdout.txt").read_text(errors="replace") if (out / "stdout.txt").exists() else ""
+    return result, stdout
+
+
+def report(stdout: str) -> dict:
+    line = next(x for x in stdout.splitlines() if x.startswith("REDTEAM {"))
+    return json.loads(line[len("REDTEAM "):])
+
+
+def ok(result: dict) -> bool:
+    return result["status"] == "ok" and result["reason"] is None
+
+
+@pytest.fixture(scope="module")
+def honest(small_dataset, tmp_path_factory) -> dict:
+    result, _ = slot(HONEST, small_dataset, tmp_path_factory.mktemp("honest2") / "slot")
+    assert ok(result) and result["steps"] == 30, result
+    return result
+
+
+# ---------------------------------------------------------------- the clock
+@needs_bwrap
+@pytest.mark.slow
+def test_x_clock_stack_hidden_connect_plus_early_submit_gains_no_unflagged_time(small_dataset, tmp_path):
+    genome = RED / "x_clock_stack.py"
+    assert check_source(genome.read_text()) == []  # the whole trick is invisible to the static checks
+    twin, twin_out = slot(variant(genome, tmp_path, MODE="honest"), small_dataset, tmp_path / "honest", budget_s=2.0)
+    result, stdout = slot(genome, small_dataset, tmp_path / "attack", budget_s=2.0)
+    a, h = report(stdout), report(twin_out)
+    print(f"clock stack: trained {a['train_s']} s / {a['steps']} steps (honest twin {h['train_s']} s / "
+          f"{h['steps']} steps) on a 2 s budget; val_bpb {result.get('val_bpb')} vs {twin.get('val_bpb')}; "
+          f"{result['status']} {result['reason']}; runner saw train_seconds {result['train_seconds']:.2f}, "
+          f"export {result['export_seconds']}, startup {result['startup_seconds']}")
+    assert ok(twin) and a["clock_fd"] is not None
+    assert a["train_s"] > 2.0 + 5.0  # the attack really trained far past the budget
+    assert result["status"] == "flagged" and "budget" in result["reason"], result
+
+
+# ---------------------------------------------------------------- causality probe coverage
+@needs_bwrap
+def test_x_cross_row_peek_is_flagged_or_gains_nothing(small_dataset, tmp_path, honest):
+    result, _ = slot(RED / "x_cross_row_peek.py", small_dataset, tmp_path / "slot", static_checks=False)
+    print(f"cross-row peek: val {result.get('val_bpb')} vs honest {honest['val_bpb']}; "
+          f"{result['status']} {result['reason']}")
+    assert result["status"] == "flagged" or result["val_bpb"] >= honest["val_bpb"] - 1e-6, result
+
+
+@pytest.fixture(scope="module")
+def lottery(small_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lottery") / "slot"
+    result, _ = slot(RED / "x_batch_lottery.py", small_dataset, out, static_checks=False, eval_tokens=32768)
+    twin, _ = slot(HONEST, small_dataset, out.parent / "twin", eval_tokens=32768)
+    return out / "work", result, twin
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_x_batch_lottery_is_flagged_at_every_probe_seed(small_dataset, lottery):
+    from gpt.score import score
+
+    work, result, twin = lottery
+    verdicts = [result["status"]]
+    for s in range(6):
+        r = score({"artifact": str(work), "dataset": str(small_dataset.path), "seq_len": 256, "eval_tokens": 32768,
+                   "threads": 1, "probe_seed": 1000 + s})
+        verdicts.append(r["status"])
+    print(f"batch lottery: val {result.get('val_bpb')} vs honest {twin['val_bpb']}; verdicts {verdicts}")
+    assert result["val_bpb"] < twin["val_bpb"] - 0.5  # the cheat works where it cheats
+    assert all(v == "flagged" for v in verdicts), verdicts
+
+
+# ---------------------------------------------------------------- compute outside the clock
+@needs_bwrap
+@pytest.mark.xfail(strict=True, reason="FINDING: the scorer's compute is unclocked: a graph that runs 60 more SGD "
+                   "steps on stored train batches inside forward() scores better than its honest twin (the same "
+                   "30 steps in budget), every probe passing")
+def test_x_training_inside_the_exported_graph_gains_nothing(small_dataset, tmp_path, honest):
+    result, _ = slot(RED / "x_eval_time_training.py", small_dataset, tmp_path / "slot", static_checks=False)
+    print(f"in-graph training: val {result.get('val_bpb')} vs honest {honest['val_bpb']}; {result['status']} "
+          f"{result['reason']}; export {result['export_seconds']:.2f} s (allowance "
+          f"{default_export_allowance(4.0):g} s), eval {result.get('eval_seconds', 0):.2f} s")
+    assert result["status"] != "ok" or result["val_bpb"] >= honest["val_bpb"] - 0.01, result
+
+
+# ---------------------------------------------------------------- eval documents inside bwrap
+@needs_bwrap
+@pytest.mark.xfail(strict=True, reason="FINDING: seal() calls the small_dataset fixture `sealed` under bwrap, but "
+                   "its documents are stdlib module heads, which bwrap must show: a static-check-clean genome reads "
+                   "~all of the val split's text")
+def test_x_no_val_text_is_readable_inside_bwrap(small_dataset, tmp_path):
+    genome = RED / "x_stdlib_copy.py"
+    assert check_source(genome.read_text()) == []
+    assert seal(small_dataset, "bwrap").sealed
+    result, _ = slot(genome, small_dataset, tmp_path / "slot")
+    assert ok(result), result
+    recovered = (tmp_path / "slot" / "work" / "recovered.txt").read_bytes()
+    val = small_dataset.tokens("val")
+    text = np.asarray(small_dataset.text_tokens("val"), dtype=np.uint8).tobytes()
+    pieces = [text[i:i + 200] for i in range(0, len(text) - 200, 200)]
+    found = sum(p in recovered for p in pieces) / len(pieces)
+    print(f"stdlib copy: {found:.1%} of {len(pieces)} 200-byte pieces of the val split ({len(val)} tokens) are in "
+          f"the {len(recovered)} bytes read inside bwrap")
+    assert found < 0.01
