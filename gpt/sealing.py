@@ -9,18 +9,33 @@ when its documents are the runtime a genome must import (`stdlib`, `pysource`) o
 folder of it holds part of that runtime (a `text:` glob over the whole home directory that
 also holds the venv, say).
 
-Not detected: a copy of a document elsewhere in the sandbox's view (a license text that is
-also in a package's LICENSE file). `tests/test_sealing.py` searches every readable file of
-the sandbox for text of the default corpus's eval documents, as an attacker would.
+Copies elsewhere in the sandbox's view: the genome must be able to read its runtime (the Python
+prefixes and site-packages, the system's Python libraries). `runtime_overlap` measures which
+share of the eval documents' lines also occur in those files' text; above MAX_RUNTIME_OVERLAP
+the corpus is a copy of what the genome can read, and is not sealed (a corpus cut from the
+stdlib's own modules, say). The measurement takes seconds and is cached next to the dataset.
+A copy in a file outside the runtime (a license text in some package's LICENSE) is not looked
+for; `tests/test_sealing.py` searches every readable file of the sandbox for text of the
+default corpus's eval documents, as an attacker would.
 """
 from __future__ import annotations
 
+import glob
+import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from gpt import sandbox
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+MAX_RUNTIME_OVERLAP = 0.10  # share of eval lines (40+ characters) also in the runtime's text: above, not sealed
+MIN_LINE = 40
+TEXT_SUFFIXES = (".py", ".pyi", ".txt", ".md", ".rst", ".cfg", ".toml", ".json", ".html")
+OVERLAP_CACHE = "seal_overlap.json"
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,65 @@ def seal(dataset, level: str) -> Seal:
         return Seal(False, f"at sandbox level {level!r} the genome reads every file the harness user can, the eval "
                            "splits and the corpus included; install bubblewrap for level bwrap",
                     tuple(r for r in roots if r.is_dir()))
+    overlap = runtime_overlap(dataset)
+    if overlap > MAX_RUNTIME_OVERLAP:
+        return Seal(False, f"{overlap:.0%} of the eval documents' lines also occur in files the genome must be able "
+                           "to read (the interpreter's own library and packages): the corpus copies the runtime",
+                    tuple(r for r in roots if r.is_dir()))
     return Seal(True, "", tuple(r for r in roots if r.is_dir()))
+
+
+def _norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def runtime_dirs_for_text() -> list[str]:
+    """Folders of text a genome can read and cannot be denied: the Python prefixes (with site-packages)
+    and the system's Python libraries."""
+    dirs = [str(d) for d in sandbox.python_dirs()] + sorted(glob.glob("/usr/lib/python3*"))
+    return sorted(set(dirs))
+
+
+def runtime_overlap(dataset) -> float:
+    """Share of the eval documents' long lines (MIN_LINE+ characters, whitespace folded) that also occur
+    in the runtime's text files. Cached in the dataset folder per interpreter."""
+    key = {"python": sys.version, "dirs": runtime_dirs_for_text()}
+    cache = Path(dataset.path) / OVERLAP_CACHE
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return float(saved["overlap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    tok = dataset.tokenizer
+    eval_lines = set()
+    for split in ("val", "heldout", "test"):
+        text = tok.decode(np.asarray(dataset.text_tokens(split)))
+        eval_lines.update(n for n in (_norm(line) for line in text.splitlines()) if len(n) >= MIN_LINE)
+    if not eval_lines:
+        return 0.0
+    found = set()
+    for root in key["dirs"]:
+        for folder, _, files in os.walk(root):
+            for name in files:
+                if not name.endswith(TEXT_SUFFIXES):
+                    continue
+                try:
+                    with open(os.path.join(folder, name), encoding="utf-8", errors="ignore") as f:
+                        text = f.read(2**20)
+                except OSError:
+                    continue
+                for line in text.splitlines():
+                    if len(line) >= MIN_LINE:
+                        n = _norm(line)
+                        if n in eval_lines:
+                            found.add(n)
+    overlap = len(found) / len(eval_lines)
+    try:
+        cache.write_text(json.dumps({"key": key, "overlap": overlap, "eval_lines": len(eval_lines)}))
+    except OSError:
+        pass  # a read-only data cache: measured again next time
+    return overlap
 
 
 def unprotected(level: str) -> list[str]:

@@ -284,7 +284,7 @@ def smoke_run(tmp_path_factory, evo_cli, evo_steps, small_source):
     run_dir = root / "run"
     (root / "grace.toml").write_text(SMOKE_TOML)
     proc = evo_cli("run", "--preset", "smoke", "--config", root / "grace.toml", "--genome", evo_steps,
-                   "--data", small_source, "--budget", SMOKE_BUDGET, "--evals", SMOKE_EVALS, "--hours", 0, "--seed", 1,
+                   "--data", small_source, "--allow-unsealed", "--budget", SMOKE_BUDGET, "--evals", SMOKE_EVALS, "--hours", 0, "--seed", 1,
                    "--out", run_dir, cwd=root, timeout=500)
     return root, run_dir, proc
 

@@ -21,6 +21,7 @@ def _run_config(path: Path, base_url: str, source: str, out: Path, evals: int = 
 preset = "smoke"
 genomes = ["{TINY}"]
 data = "{source}"
+allow_unsealed = true  # the fixture corpus is cut from the stdlib
 evals = {evals}
 out = "{out}"
 [slots]

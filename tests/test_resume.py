@@ -132,7 +132,7 @@ def test_a_run_killed_at_random_moments_resumes_to_exactly_the_evaluations_it_wo
     env = {**data_env, "COLUMNS": "200"}
     evo = [sys.executable, "-m", "evo.cli"]
     run_cmd = evo + ["run", "--preset", "smoke", "--config", str(root / "run.toml"), "--genome", str(evo_steps),
-                     "--data", small_source, "--budget", str(BUDGET), "--evals", str(EVALS), "--hours", "0",
+                     "--data", small_source, "--allow-unsealed", "--budget", str(BUDGET), "--evals", str(EVALS), "--hours", "0",
                      "--seed", "2", "--out", str(run_dir), "--quiet"]
     resume_cmd = evo + ["resume", str(run_dir), "--quiet"]
     sessions: list[str] = []

@@ -129,13 +129,14 @@ def test_x_training_inside_the_exported_graph_gains_nothing(small_dataset, tmp_p
 
 # ---------------------------------------------------------------- eval documents inside bwrap
 @needs_bwrap
-@pytest.mark.xfail(strict=True, reason="FINDING: seal() calls the small_dataset fixture `sealed` under bwrap, but "
-                   "its documents are stdlib module heads, which bwrap must show: a static-check-clean genome reads "
-                   "~all of the val split's text")
-def test_x_no_val_text_is_readable_inside_bwrap(small_dataset, tmp_path):
+def test_x_a_corpus_that_copies_the_runtime_is_not_called_sealed(small_dataset, tmp_path):
+    """The fixture's documents are heads of stdlib modules, which bwrap must show: the genome reads nearly all
+    of the val split's text. No sandbox can hide the runtime, so the seal verdict must say unsealed (and a run
+    on it must opt in with --allow-unsealed)."""
     genome = RED / "x_stdlib_copy.py"
     assert check_source(genome.read_text()) == []
-    assert seal(small_dataset, "bwrap").sealed
+    verdict = seal(small_dataset, "bwrap")
+    assert not verdict.sealed and "copies the runtime" in verdict.why, verdict
     result, _ = slot(genome, small_dataset, tmp_path / "slot")
     assert ok(result), result
     recovered = (tmp_path / "slot" / "work" / "recovered.txt").read_bytes()
@@ -144,5 +145,5 @@ def test_x_no_val_text_is_readable_inside_bwrap(small_dataset, tmp_path):
     pieces = [text[i:i + 200] for i in range(0, len(text) - 200, 200)]
     found = sum(p in recovered for p in pieces) / len(pieces)
     print(f"stdlib copy: {found:.1%} of {len(pieces)} 200-byte pieces of the val split ({len(val)} tokens) are in "
-          f"the {len(recovered)} bytes read inside bwrap")
-    assert found < 0.01
+          f"the {len(recovered)} bytes read inside bwrap; seal: {verdict.why}")
+    assert found > 0.5  # the attack works on this corpus: which is why it is not sealed
