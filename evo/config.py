@@ -61,6 +61,8 @@ SCHEMA = (
         minimum=0),
     Key("eval_tokens", "slots", int, 32768, "tokens scored per eval split", minimum=512),
     Key("eval_seq_len", "slots", int, 256, "context length the scorer feeds the model", minimum=8),
+    Key("contended_share", "slots", float, 0.4, "a CPU slot whose processes got less than this share of its threads' "
+        "time was starved: re-run, not folded in (0: never)", minimum=0),
     Key("dask_scheduler", "slots", str, "", "address of a Dask scheduler to run slots on (empty: local slots)"),
     Key("population_size", "search", int, 6, "individuals kept in the population", minimum=2),
     Key("tournament_size", "search", int, 3, "aspirants per tournament", minimum=1),
@@ -98,6 +100,7 @@ class RunConfig:
     grace_s: float = 0.0
     eval_tokens: int = 32768
     eval_seq_len: int = 256
+    contended_share: float = 0.4
     dask_scheduler: str = ""
     population_size: int = 6
     tournament_size: int = 3

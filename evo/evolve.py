@@ -159,7 +159,8 @@ class Evolution:
         rec = self.records.setdefault(gid, GenomeRecord())
         rec.n_folded += 1
         status = result.get("status")
-        if status == "ok" and self._contended(rec, result) and sum(rec.reruns.values()) < MAX_CONTENDED_RERUNS:
+        if (status == "ok" and self.config.contended_share and self._contended(rec, result)
+                and sum(rec.reruns.values()) < MAX_CONTENDED_RERUNS):
             purpose = RERUN_PURPOSE.get(row["purpose"], row["purpose"])
             rec.reruns[purpose] = rec.reruns.get(purpose, 0) + 1
             return {}, [("contended", (gid, purpose, result.get("cpu_share")))]
@@ -403,7 +404,7 @@ class Evolution:
         return SlotJob(genome=str(self.genome_path(row["genome_id"])), dataset=self.dataset_path,
                        out_dir=str(self.run_dir / "evals" / f"{row['id']:05d}-{attempt}"), budget_s=c.budget_s,
                        seed=row["seed"], grace_s=c.grace_s or None, eval_tokens=c.eval_tokens,
-                       eval_seq_len=c.eval_seq_len, sandbox=c.sandbox)
+                       eval_seq_len=c.eval_seq_len, sandbox=c.sandbox, contended_share=c.contended_share)
 
     # ------------------------------------------------------------ the loop
     def run(self, pool: SlotPool) -> dict:

@@ -165,6 +165,7 @@ class SlotJob:
     device: str = "cpu"
     grace_s: float | None = None
     export_allowance_s: float | None = None  # None: default_export_allowance(budget_s)
+    contended_share: float = CONTENDED_CPU_SHARE  # below this CPU share a CPU slot was starved; 0: never
     eval_tokens: int = 32768
     eval_seq_len: int = 256
     threads: int = 0
@@ -524,7 +525,7 @@ def _contention(job: SlotJob, ran: dict) -> dict:
     if not job.threads or not ran["wall_seconds"] or not ran["cpu_seconds"] or ran["timed_out"]:
         return {"cpu_share": None, "contended": False}
     share = ran["cpu_seconds"] / (ran["wall_seconds"] * job.threads)
-    return {"cpu_share": share, "contended": share < CONTENDED_CPU_SHARE}
+    return {"cpu_share": share, "contended": share < job.contended_share}
 
 
 def budget_tolerance(budget_s: float) -> float:

@@ -27,6 +27,7 @@ out = "{out}"
 [slots]
 budget_s = 1.0
 eval_tokens = 4096
+contended_share = 0.0
 [fitness]
 noise_repeats = 2
 [llm]

@@ -24,7 +24,8 @@ from evo.journal import Journal
 
 EVALS = 4   # 2 noise evaluations of the seed, then children (and re-evaluations)
 BUDGET = 5  # seconds; evo_steps stops after its fixed steps well before
-TOML = "[slots]\ngrace_s = 60.0\neval_tokens = 1024\n"
+# contended_share = 0: a re-run of a starved slot would make the sequence depend on the machine's load
+TOML = "[slots]\ngrace_s = 60.0\neval_tokens = 1024\ncontended_share = 0.0\n"
 SESSION_TIMEOUT = 300
 COMPARED = ("genome_id", "purpose", "seed", "state", "attempt", "done_seq", "finished", "status", "reason", "val_bpb",
             "heldout_bpb", "answer", "revealed", "penalty", "fitness", "result")

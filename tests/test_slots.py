@@ -78,6 +78,7 @@ out = "{out}"
 [slots]
 budget_s = 1.0
 eval_tokens = 4096
+contended_share = 0.0
 dask_scheduler = "{dask_cluster.scheduler_address}"
 [fitness]
 noise_repeats = 2
