@@ -61,14 +61,25 @@ def _llm_settings(config: cfg.RunConfig, args) -> dict:
     return llm_settings_to_store(llm)
 
 
+def _find_genome(path: str) -> Path:
+    """A seed genome path as given, or, for the shipped genomes (genomes/...), where evo is installed:
+    `evo run` works from any directory."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = Path(__file__).resolve().parent.parent / path
+    if not given.is_absolute() and shipped.is_file():
+        return shipped
+    raise UserError(f"seed genome {path} does not exist; give a training script with --genome PATH")
+
+
 def cmd_run(args) -> int:
     config = cfg.resolve(cfg.read_toml(args.config) if args.config else {}, _overrides(args))
     config = dataclasses.replace(config, llm=_llm_settings(config, args))
     seeds = []
     for path in config.genomes:
-        if not Path(path).is_file():
-            raise UserError(f"seed genome {path} does not exist; give a training script with --genome PATH")
-        seeds.append(Genome(source=Path(path).read_text(), operator="seed", rationale=f"seed genome {path}"))
+        path = _find_genome(path)
+        seeds.append(Genome(source=path.read_text(), operator="seed", rationale=f"seed genome {path}"))
     run_dir = Path(config.out or Path("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.preset}")
     if (run_dir / JOURNAL_NAME).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with `evo resume {run_dir}` or pick --out")

@@ -127,6 +127,9 @@ class Journal:
         if len(ids) != 1:
             from gpt.errors import UserError
 
+            if not ids:
+                raise UserError(f"no genome of this run has an id starting with {prefix!r}; `evo status RUN_DIR` "
+                                "lists the ids")
             raise UserError(f"genome id {prefix!r} matches {len(ids)} genomes; give more characters of the id")
         return ids[0]
 

@@ -262,3 +262,13 @@ def test_a_bad_flag_value_is_refused_like_a_bad_file_value(tmp_path, monkeypatch
 def test_a_missing_config_file_is_a_named_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         cfg.read_toml(tmp_path / "nope.toml")
+
+
+def test_evo_run_finds_its_shipped_seed_genome_from_any_directory(tmp_path, monkeypatch):
+    from evo.commands import _find_genome
+
+    monkeypatch.chdir(tmp_path)  # nothing named genomes/ here
+    found = _find_genome("genomes/tiny_cpu.py")
+    assert found.is_file() and found.name == "tiny_cpu.py" and found.is_absolute()
+    with pytest.raises(UserError, match="does not exist"):
+        _find_genome("genomes/no_such_genome.py")

@@ -229,7 +229,7 @@ def test_genome_ids_are_found_by_a_unique_prefix_and_unknown_ones_are_user_error
     assert journal.find_genome(a.id[:8]) == a.id
     with pytest.raises(UserError, match="matches 2 genomes"):
         journal.find_genome("")
-    with pytest.raises(UserError, match="matches 0 genomes"):
+    with pytest.raises(UserError, match="no genome of this run has an id starting with"):
         journal.find_genome("zzz")
     with pytest.raises(UserError, match="evo status"):
         journal.genome("000000000000")

@@ -213,3 +213,4 @@ def test_under_bwrap_the_default_corpus_runs_sealed_with_no_warning(default_data
     assert info == {"sandbox": "bwrap", "sealed": True, "unsealed_why": None, "unprotected": []}
     assert "warning" not in capsys.readouterr().err
     assert describe(info) == "integrity: sandbox bwrap, eval data sealed"
+
