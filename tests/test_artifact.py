@@ -817,3 +817,52 @@ class Peek(nn.Module):
 def test_model_that_reads_the_targets_without_memory_fails_the_causality_probe(small_dataset, tmp_path):
     result = score_artifact(Peek(small_dataset.tokenizer.vocab_size), small_dataset, tmp_path)
     assert result["status"] == "flagged" and "causality" in result["reason"]
+
+
+# ---------------------------------------------------------------- the routes torch.export.load would run
+class _Payload:
+    """Unpickling this creates a proof file: the classic pickle attack."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_weights_written_as_a_pickle_with_a_payload_are_refused_and_never_unpickled(tamper, tmp_path):
+    import pickle
+
+    target = proof("pickled-weights")
+    folder = tamper(weights=pickle.dumps({"emb.weight": _Payload(str(target))}))
+    with pytest.raises(BadArtifact, match="not a safetensors file"):
+        artifact.load(folder)
+    assert not target.exists()
+
+
+def test_a_torch_export_archive_in_place_of_the_program_is_refused_and_never_loaded(tmp_path):
+    """torch.export.save writes a zip with pickled sample inputs; evo reads program.json as JSON only."""
+    program = export(Tiny(), 256)
+    archive = tmp_path / "archive.pt2"
+    torch.export.save(program, str(archive))
+    folder = save(Tiny(), tmp_path / "artifact")
+    (folder / artifact.PROGRAM_FILE).write_bytes(archive.read_bytes())
+    with pytest.raises(BadArtifact, match="is not JSON"):
+        artifact.load(folder)
+
+
+def test_a_genome_that_saves_a_pt2_archive_itself_gets_nothing_scored(small_dataset, tmp_path):
+    """An archive the genome writes with torch.export.save (sample inputs pickled) is not an artifact the
+    harness reads: the slot fails no_submit and nothing of the archive is deserialized."""
+    from gpt.runner import SlotJob, run_slot
+
+    genome = tmp_path / "pt2.py"
+    genome.write_text(
+        "import torch\nfrom gpt import lab\nrun = lab.connect()\n"
+        "m = torch.nn.Embedding(run.vocab_size, run.vocab_size)\n"
+        "b = torch.export.Dim('b', min=1, max=64); s = torch.export.Dim('s', min=1, max=run.eval_seq_len)\n"
+        "p = torch.export.export(m, (torch.zeros(2, 8, dtype=torch.long),), dynamic_shapes=({0: b, 1: s},))\n"
+        "torch.export.save(p, 'model.pt2')\n")
+    result = run_slot(SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "slot"),
+                              budget_s=2.0, grace_s=30.0, eval_tokens=1024, threads=1, static_checks=False))
+    assert (result["status"], result["reason"]) == ("failed", "no_submit"), result
