@@ -39,8 +39,9 @@ from pathlib import Path
 import gpt
 from gpt import artifact
 from gpt import sandbox as sandboxing
+from gpt.clock import ClockPipe, clock_verdict, default_export_allowance
+from gpt.lab import CLOCK_FD_ENV, EXPORT_ERROR_NAME, SPEC_ENV, SlotSpec
 from gpt.sealing import seal
-from gpt.lab import CLOCK_FD_ENV, EXPORT_ERROR_NAME, SPEC_ENV, STARTUP_ALLOWANCE_S, SlotSpec
 from gpt.static_checks import check_source, format_findings
 
 DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
@@ -49,7 +50,6 @@ DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
 CONTENDED_CPU_SHARE = 0.4
 STDERR_TAIL_CHARS = 3000
 SCORE_TIMEOUT_S = 600.0
-CLOCK_PIPE_CAP = 65536  # bytes of clock messages the runner reads from one slot; the rest is drained
 STOP_WAIT_S = 3.0  # how long the sandbox gets to clean up after SIGTERM before everything is killed
 
 
@@ -57,88 +57,6 @@ def default_grace(budget_s: float) -> float:
     """Time past the budget before the hard kill. The kill clock starts at spawn, the budget at
     connect: grace covers interpreter start and torch import (seconds on a busy CPU) and export."""
     return max(20.0, 0.2 * budget_s)
-
-
-def default_export_allowance(budget_s: float) -> float:
-    """How long after `submit` the genome may take to export and exit. The runner cannot tell
-    export from training, so this bounds what a genome that says `submit` early can gain."""
-    return max(5.0, 0.05 * budget_s)
-
-
-class ClockPipe:
-    """The runner's clock for one slot. The genome's lab writes `connect` and `submit` on a pipe;
-    a thread of the runner notes when each word first *arrives*. The genome can delay a word
-    or send it early, never make the runner read a time it did not measure."""
-
-    WORDS = ("connect", "submit")
-
-    def __init__(self):
-        self.read_fd, self.write_fd = os.pipe()
-        self.times: dict[str, float] = {}
-        self._thread = threading.Thread(target=self._read, daemon=True, name="evo-slot-clock")
-
-    def start(self) -> None:
-        """Call after the genome is spawned: the runner's copy of the write end is closed, so the
-        pipe ends when every process of the slot is gone."""
-        os.close(self.write_fd)
-        self._thread.start()
-
-    def join(self, timeout: float = 5.0) -> dict[str, float]:
-        self._thread.join(timeout)
-        return dict(self.times)
-
-    def _read(self) -> None:
-        buf, total = b"", 0
-        with os.fdopen(self.read_fd, "rb", buffering=0) as f:
-            for chunk in iter(lambda: f.read(4096), b""):
-                now = time.monotonic()
-                total += len(chunk)
-                if total > CLOCK_PIPE_CAP:
-                    continue
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    word = line.strip().decode("ascii", errors="replace")
-                    if word in self.WORDS:
-                        self.times.setdefault(word, now)
-
-
-STARTUP_CPU_S = 6.0  # CPU seconds a slot may use before `connect`: an interpreter importing torch needs ~2
-
-
-def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, export_allowance_s: float,
-                  cpu_before_connect: float | None = None) -> dict:
-    """The budget probe, from the runner's own timestamps only.
-
-    The clock starts at `connect`, or at spawn + the startup allowance if that is earlier
-    (work before connect is training outside the clock otherwise); it stops at `submit`.
-    The genome fails the probe if it never said `connect` or `submit`, used more CPU before
-    `connect` than importing needs (work done before the clock starts), said `submit` past the
-    deadline by more than the tolerance, or took longer than the export allowance from `submit`
-    to exit."""
-    connect, submit = times.get("connect"), times.get("submit")
-    started = min(connect, spawned + STARTUP_ALLOWANCE_S) if connect is not None else spawned + STARTUP_ALLOWANCE_S
-    deadline = started + budget_s
-    overrun = submit - deadline if submit is not None else None
-    export_s = exited - submit if submit is not None else None
-    tolerance = budget_tolerance(budget_s)
-    why = None
-    if connect is None:
-        why = "the genome never said connect on the harness clock (its clock pipe was closed or silenced)"
-    elif cpu_before_connect is not None and cpu_before_connect > STARTUP_CPU_S:
-        why = (f"the slot used {cpu_before_connect:.1f} CPU seconds before lab.connect() (imports need about 2; "
-               f"the limit is {STARTUP_CPU_S:g}): work before the clock starts")
-    elif submit is None:
-        why = "the artifact did not come through run.submit() (no submit on the harness clock)"
-    elif overrun > tolerance:
-        why = f"submitted {overrun:.1f} s after the budget ran out (tolerance {tolerance:g} s)"
-    elif export_s > export_allowance_s:
-        why = f"took {export_s:.1f} s from submit to exit (export allowance {export_allowance_s:g} s)"
-    return {"pass": why is None, "detail": why, "overrun_s": overrun, "tolerance_s": tolerance,
-            "export_s": export_s, "export_allowance_s": export_allowance_s,
-            "startup_s": (connect - spawned) if connect is not None else None,
-            "cpu_before_connect_s": cpu_before_connect,
-            "train_s": (submit - started) if submit is not None else None}
 
 
 _LIVE_SLOTS: dict = {}  # pid -> (Popen, SlotProcesses) of every genome process running now
@@ -526,11 +444,6 @@ def _contention(job: SlotJob, ran: dict) -> dict:
         return {"cpu_share": None, "contended": False}
     share = ran["cpu_seconds"] / (ran["wall_seconds"] * job.threads)
     return {"cpu_share": share, "contended": share < job.contended_share}
-
-
-def budget_tolerance(budget_s: float) -> float:
-    """How far past the clock a genome may submit: one slow step or a final print, not more."""
-    return max(2.0, 0.05 * budget_s)
 
 
 def _budget_probe(result: dict, clock: dict) -> None:

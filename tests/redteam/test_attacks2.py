@@ -17,7 +17,8 @@ import pytest
 
 from conftest import GENOMES
 from gpt import sandbox
-from gpt.runner import SlotJob, default_export_allowance, run_slot
+from gpt.clock import default_export_allowance
+from gpt.runner import SlotJob, run_slot
 from gpt.sealing import seal
 from gpt.static_checks import check_source
 

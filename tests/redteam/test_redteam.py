@@ -39,7 +39,8 @@ from evo.tblog import TensorBoardLog
 from gpt import sandbox
 from gpt.data import SPLITS, prepare, split_of
 from gpt.lab import STARTUP_ALLOWANCE_S
-from gpt.runner import SlotJob, budget_tolerance, run_slot
+from gpt.clock import budget_tolerance
+from gpt.runner import SlotJob, run_slot
 from gpt.static_checks import check_source
 
 RED = Path(__file__).resolve().parent
