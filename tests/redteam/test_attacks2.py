@@ -101,18 +101,22 @@ def lottery(small_dataset, tmp_path_factory):
 
 @needs_bwrap
 @pytest.mark.slow
-def test_x_batch_lottery_is_flagged_at_every_probe_seed(small_dataset, lottery):
+def test_x_batch_lottery_is_flagged_at_every_probe_seed_where_it_gains(small_dataset, lottery):
     from gpt.score import score
 
     work, result, twin = lottery
-    verdicts = [result["status"]]
+    runs = [result]
     for s in range(6):
-        r = score({"artifact": str(work), "dataset": str(small_dataset.path), "seq_len": 256, "eval_tokens": 32768,
-                   "threads": 1, "probe_seed": 1000 + s})
-        verdicts.append(r["status"])
-    print(f"batch lottery: val {result.get('val_bpb')} vs honest {twin['val_bpb']}; verdicts {verdicts}")
-    assert result["val_bpb"] < twin["val_bpb"] - 0.5  # the cheat works where it cheats
-    assert all(v == "flagged" for v in verdicts), verdicts
+        runs.append(score({"artifact": str(work), "dataset": str(small_dataset.path), "seq_len": 256,
+                           "eval_tokens": 32768, "threads": 1, "probe_seed": 1000 + s}))
+    verdicts = [r["status"] for r in runs]
+    # which batches the gate opens on depends on the secret batch order: the cheat shows in val or heldout
+    gains = [max(twin["val_bpb"] - r.get("val_bpb", twin["val_bpb"]), twin["heldout_bpb"] - r.get("heldout_bpb",
+             twin["heldout_bpb"])) for r in runs]
+    print(f"batch lottery: gains over the honest twin {[round(g, 3) for g in gains]}; verdicts {verdicts}")
+    assert max(gains) > 0.3  # the cheat works where it cheats
+    # every evaluation where it gained anything is flagged (where its gate never opened, it was honest)
+    assert all(v == "flagged" for v, g in zip(verdicts, gains) if g > 0.01), list(zip(verdicts, gains))
 
 
 # ---------------------------------------------------------------- compute outside the clock
