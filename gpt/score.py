@@ -221,6 +221,7 @@ class Plan:
     batches: list  # (kind, split, index, rows tensor, targets: the rows whose [:, 1:] are scored, or None)
     twins: dict  # (split, index) -> (row permutation, cuts): each scoring batch's causality twin
     repeated: tuple  # (split, index) of the scoring batch run twice
+    canaries: dict  # split -> CanaryRows, in the order of that split's canary batches
 
 
 def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe_seed: int) -> Plan:
@@ -228,11 +229,11 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
     suffix after a secret cut replaced by other real text of the split. A model whose output before the
     cut depends on the future, or on the other rows of its batch, shows it in every batch it does so."""
     rng = np.random.default_rng([probe_seed, 0x5C0E])
-    batches, twins = [], {}
+    batches, twins, canaries = [], {}, {}
     for split in splits:
         text = dataset.text_tokens(split)
-        w = torch.from_numpy(windows(text, seq_len, n_tokens))[torch.from_numpy(rng.permutation(len(windows(
-            text, seq_len, n_tokens))))]
+        w = torch.from_numpy(windows(text, seq_len, n_tokens))
+        w = w[torch.from_numpy(rng.permutation(len(w)))]
         for i in range(0, len(w), SCORE_BATCH):
             rows = w[i:i + SCORE_BATCH]
             index = i // SCORE_BATCH
@@ -247,14 +248,14 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
             # scored against the original targets: a model whose output at t reads token t + 1 moves at t = cut - 1
             batches.append(("causality", split, index, altered, original))
             twins[(split, index)] = (perm, cuts)
-        c = canary_rows(dataset, split, seq_len)
+        c = canaries[split] = canary_rows(dataset, split, seq_len)
         for i in range(0, len(c.rows), SCORE_BATCH):
             batches.append(("canary", split, i // SCORE_BATCH, c.rows[i:i + SCORE_BATCH], None))
     scoring = [b for b in batches if b[0] == "score"]
     rep = scoring[int(rng.integers(len(scoring)))]
     batches.append(("repeat", rep[1], rep[2], rep[3], None))
     order = rng.permutation(len(batches))
-    return Plan([batches[i] for i in order], twins, (rep[1], rep[2]))
+    return Plan([batches[i] for i in order], twins, (rep[1], rep[2]), canaries)
 
 
 def score(request: dict) -> dict:
@@ -321,7 +322,7 @@ def _score_loaded(program, fn, dataset, device, seq_len, n_tokens, probe_seed, s
             scoring[f"{split}_tokens"] = int(targets.numel())
         result["scored_tokens"] = scoring["val_tokens"]
         probes["causality"] = _causality(nll, work)
-        probes["canary"] = _canary(nll, dataset, splits, seq_len, token_bytes)
+        probes["canary"] = _canary(nll, work, token_bytes)
         mutations = graph_mutations(program)
         drift = float((nll[("score", *work.repeated)] - nll[("repeat", *work.repeated)]).abs().max())
         probes["stateless"] = {"pass": not mutations and drift <= STATELESS_TOL, "graph_mutations": mutations,
@@ -368,10 +369,9 @@ def _causality(nll: dict, work: Plan) -> dict:
     return {"pass": worst <= CAUSALITY_TOL, "max_prefix_change": worst, "tolerance": CAUSALITY_TOL, "rows": rows}
 
 
-def _canary(nll: dict, dataset: Dataset, splits: list[str], seq_len: int, token_bytes: torch.Tensor) -> dict:
+def _canary(nll: dict, work: Plan, token_bytes: torch.Tensor) -> dict:
     out = {"pass": True}
-    for split in splits:
-        c = canary_rows(dataset, split, seq_len)
+    for split, c in work.canaries.items():
         losses = torch.cat([nll[k] for k in sorted(k for k in nll if k[0] == "canary" and k[1] == split)])
         byte_len = token_bytes[c.rows[:, 1:]].double()
         bits = ((losses * c.scored).sum(1) / math.log(2) / (byte_len * c.scored).sum(1)).numpy()

@@ -7,18 +7,16 @@ or the same genome with its attack knob off.
 """
 from __future__ import annotations
 
-import json
-import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import GENOMES
+from test_redteam import report, variant  # noqa: F401  (the first pass's helpers)
+from test_redteam import slot as redteam_slot
 from gpt import sandbox
 from gpt.clock import default_export_allowance
-from gpt.runner import SlotJob, run_slot
 from gpt.sealing import seal
 from gpt.static_checks import check_source
 
@@ -28,29 +26,9 @@ SEED = 1234
 needs_bwrap = pytest.mark.skipif("bwrap" not in sandbox.available_levels(), reason="bubblewrap cannot run here")
 
 
-def variant(genome: Path, folder: Path, **knobs) -> Path:
-    text = genome.read_text()
-    for name, value in knobs.items():
-        text, n = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", text, count=1, flags=re.M)
-        assert n == 1, f"{genome.name} has no line '{name} = ...'"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{genome.stem}-{uuid.uuid4().hex[:6]}.py"
-    out.write_text(text)
-    return out
-
-
 def slot(genome: Path, dataset, out: Path, **kw) -> tuple[dict, str]:
-    job = dict(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=4.0, grace_s=30.0,
-               eval_tokens=4096, threads=1, seed=SEED, sandbox="bwrap")
-    job.update(kw)
-    result = run_slot(SlotJob(**job))
-    stdout = (out / "stdout.txt").read_text(errors="replace") if (out / "stdout.txt").exists() else ""
-    return result, stdout
-
-
-def report(stdout: str) -> dict:
-    line = next(x for x in stdout.splitlines() if x.startswith("REDTEAM {"))
-    return json.loads(line[len("REDTEAM "):])
+    """The first pass's slot helper, under bwrap unless told otherwise (every attack here is about it)."""
+    return redteam_slot(genome, dataset, out, **{"sandbox": "bwrap", **kw})
 
 
 def ok(result: dict) -> bool:
