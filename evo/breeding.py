@@ -1,116 +1,176 @@
-"""Which operator makes the next child, and (with an LLM) making children ahead of need.
+"""The breeder: selection plus operators. It reads the run state and never changes it.
 
-The DEAP toolbox holds every operator: `mutate`/`mate` (knobs, offline) and, when `[llm]`
-configures models, `llm_mutate`/`llm_mate`. A child is made by an LLM operator with
-probability `llm.share` while the LLM budget lasts, else by a knob operator.
+The DEAP toolbox holds every operator under one calling convention,
+`toolbox.<name>(parents, rng, context) -> Genome`: `mutate` / `mate` (knobs, offline) and, when
+`[llm]` configures models, `llm_mutate` / `llm_mate`. A child is made by an LLM operator with
+probability `llm.share` while the LLM budget lasts, else by a knob operator; parents come from
+`toolbox.select` (a tournament) over the population as it stands.
 
-LLM proposals take seconds to minutes, so with an LLM the children are proposed in
-background threads, one per slot, before a slot frees up: a free slot starts a ready child.
+Proposals are numbered; proposal k draws every random choice (operator, parents, knob steps,
+which model answers) from its own stream `Random("<run seed>:child:<k>")`, and the LLM client's
+other state (which model made which child, the bandit's rewards) is journaled as events, so a
+resumed run proposes exactly what the uninterrupted run would have.
+
+LLM proposals take seconds to minutes, so with an LLM the children are proposed in background
+threads, one per slot, before a slot frees up: a free slot starts a ready child.
 """
 from __future__ import annotations
 
-import json
 import random
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from operator import attrgetter
 from pathlib import Path
 
-from deap import base, tools
+from deap import base
 
-from evo.operators.knobs import KnobCrossover, KnobMutation
+from evo.genome import Genome, OperatorContext, OperatorFailure
+from evo.journal import Evaluation, Journal
+from evo.state import RunState, new_member
+from gpt.result import SlotResult
+
+ARITY = {"mutate": 1, "mate": 2, "llm_mutate": 1, "llm_mate": 2}
 
 
-def llm_settings_to_store(llm) -> dict:
-    """The validated [llm] table as plain data for the journal (variable names, never keys)."""
-    return {k: v for k, v in llm.to_dict().items() if v is not None}
+def select_tournament(individuals: list, k: int, rng: random.Random, tournsize: int) -> list:
+    """DEAP's tournament (`tools.selTournament`: k times, the fittest of `tournsize` drawn at random),
+    drawn from the proposal's own stream: DEAP's draws from the process-wide `random` module, whose
+    state a resumed process does not share with the one that stopped."""
+    return [max((rng.choice(individuals) for _ in range(tournsize)), key=attrgetter("fitness")) for _ in range(k)]
 
 
 class Breeder:
-    """Owns the operators and the LLM client; `propose_fn(index)` makes one child or returns None."""
+    """Makes children from a read-only view of the run state."""
 
-    def __init__(self, config, run_dir: Path, journal, context, n_slots: int, propose_fn, note=print):
-        self.config, self.journal, self.propose_fn, self.note = config, journal, propose_fn, note
+    def __init__(self, state: RunState, journal: Journal, run_dir: Path, n_slots: int = 1, note=print):
+        self.state, self.journal, self.config, self.note = state, journal, state.config, note
         self.toolbox = base.Toolbox()
-        self.toolbox.register("select", tools.selTournament, tournsize=config.tournament_size)
-        self.toolbox.register("mutate", KnobMutation())
-        self.toolbox.register("mate", KnobCrossover())
-        self.llm = self.client = None
-        self.proposals: list[Future] = []
+        self.toolbox.register("select", select_tournament, tournsize=self.config.tournament_size)
+        self.llm = None  # the LLM client, when [llm] configures models
         self.executor: ThreadPoolExecutor | None = None
+        self.proposals: list[Future] = []
         self.n_slots = n_slots
         self._budget_noted = False
-        if config.llm:
-            self._start_llm(run_dir, context)
+        # proposals journal their outcome: a child, a duplicate, or an operator failure
+        self._index = (journal.count_purpose("child") + len(journal.events("duplicate"))
+                       + len(journal.events("operator_failure")))
+        self._register_knob_operators()
+        if self.config.llm.enabled:
+            self._start_llm(run_dir)
 
-    def _start_llm(self, run_dir: Path, context) -> None:
-        from evo.llm import LLMClient, LLMConfig, LLMCrossover, LLMMutation, PromptBook
+    def _register_knob_operators(self) -> None:
+        from evo.operators.knobs import KnobCrossover, KnobMutation
 
-        self.llm = LLMConfig.from_dict(self.config.llm)
-        if not self.llm.enabled:
-            self.llm = None
-            return
-        self.llm.check_keys()
-        prompts = PromptBook.from_config(self.llm)
-        self.client = LLMClient(self.llm, run_dir, self.journal.record_llm_call,
-                                random.Random(f"{self.config.seed}:llm"))
-        self.client.restore(json.loads(r["data"]) for r in self.journal.db.execute("SELECT data FROM llm_calls"))
-        self.toolbox.register("llm_mutate", LLMMutation(self.client, context, prompts))
-        self.toolbox.register("llm_mate", LLMCrossover(self.client, context, prompts))
-        self.prompts = prompts
+        self.toolbox.register("mutate", KnobMutation())
+        self.toolbox.register("mate", KnobCrossover())
+
+    def _start_llm(self, run_dir: Path) -> None:
+        from evo.llm import LLMClient, LLMCrossover, LLMMutation, PromptBook
+
+        llm = self.config.llm
+        llm.check_keys()
+        self.prompts = PromptBook.from_config(llm)
+        self.llm = LLMClient(llm, run_dir, self.journal.record_llm_call, random.Random(f"{self.config.seed}:llm"))
+        self.llm.restore(self.journal.llm_calls())
+        for e in self.journal.events("llm_origin"):
+            self.llm.note_origin(e["genome_id"], model=e["model"], call_ids=tuple(e["call_ids"]),
+                                 cost_usd=e["cost_usd"], idea=e.get("idea", ""))
+        for e in self.journal.events("llm_reward"):  # every reward, also the client's own (a failed call)
+            self.llm.reward(e["model"], e["gain"])
+        self.llm.on_reward = lambda model, gain: self.journal.event("llm_reward", model=model, gain=gain)
+        self.toolbox.register("llm_mutate", LLMMutation(self.llm, self.prompts))
+        self.toolbox.register("llm_mate", LLMCrossover(self.llm, self.prompts))
         self.executor = ThreadPoolExecutor(max_workers=max(1, self.n_slots), thread_name_prefix="propose")
 
-    def choose_operator(self, rng: random.Random, members: int):
-        """LLM (while its budget lasts) with probability llm.share, else knobs; crossover needs two members.
-        Returns the operator itself (toolbox entries are functools.partial wrappers)."""
-        if self.llm and not self.client.budget_exhausted and rng.random() < self.llm.share:
-            crossover = members >= 2 and rng.random() < self.llm.crossover_rate
-            return (self.toolbox.llm_mate if crossover else self.toolbox.llm_mutate).func
-        if self.llm and self.client.budget_exhausted and not self._budget_noted:
+    # ------------------------------------------------------------ one proposal
+    def choose_operator(self, rng: random.Random, members: int) -> str:
+        """The toolbox name of the operator for this proposal: an LLM one (while its budget lasts) with
+        probability llm.share, else knobs; crossover needs two members."""
+        llm = self.config.llm
+        if self.llm and not self.llm.budget_exhausted and rng.random() < llm.share:
+            return "llm_mate" if members >= 2 and rng.random() < llm.crossover_rate else "llm_mutate"
+        if self.llm and self.llm.budget_exhausted and not self._budget_noted:
             self._budget_noted = True
-            self.journal.event("llm_budget_exhausted", spent_usd=self.client.spent_usd)
-            self.note(f"LLM budget of ${self.llm.budget_usd:g} reached: continuing with knob operators only")
-        if members >= 2 and rng.random() < self.config.crossover_rate:
-            return self.toolbox.mate.func
-        return self.toolbox.mutate.func
+            self.journal.event("llm_budget_exhausted", spent_usd=self.llm.spent_usd)
+            self.note(f"LLM budget of ${llm.budget_usd:g} reached: continuing with knob operators only")
+        return "mate" if members >= 2 and rng.random() < self.config.crossover_rate else "mutate"
 
-    def next_child(self, next_index):
+    def context(self) -> OperatorContext:
+        """What operators may know of the run: public facts only."""
+        rows = self.config.llm.history_rows if self.llm else 0
+        return OperatorContext(noise_floor=self.state.floor, history=self.state.history(rows),
+                               memory=self.journal.latest_memory())
+
+    def propose(self, index: int) -> Genome | None:
+        """Proposal `index`: select parents from the population as it stands and apply one operator."""
+        rng = random.Random(f"{self.config.seed}:child:{index}")
+        population = list(self.state.population)
+        name = self.choose_operator(rng, len(population))
+        parents = self.toolbox.select(population, ARITY[name], rng) if population else []
+        if not parents:  # no member yet (or every one flagged): the seed
+            parents = [new_member(self.state.seed_ids[0], 0)] * ARITY[name]
+        try:
+            child = getattr(self.toolbox, name)([self.state.parent_info(p.genome_id) for p in parents], rng,
+                                                self.context())
+        except OperatorFailure as exc:
+            self.journal.event("operator_failure", operator=name, reason=str(exc)[:2000],
+                               response=str(getattr(exc, "response", "") or "")[:20000])
+            return None
+        origin = self.llm.origin_of(child.id) if self.llm else None
+        if origin:
+            self.journal.event("llm_origin", genome_id=child.id, model=origin["model"],
+                               call_ids=list(origin["call_ids"]), cost_usd=origin["cost_usd"],
+                               idea=origin.get("idea", ""))
+        return child
+
+    def next_child(self) -> Genome | None:
         """A proposed child (or None on failure). Without an LLM: made now, from the population as it
         stands. With one: taken from the proposals running ahead, which are topped up to one per slot."""
         if self.executor is None:
-            return self.propose_fn(next_index())
+            return self.propose(self._next_index())
         while len(self.proposals) < self.n_slots:
-            self.proposals.append(self.executor.submit(self.propose_fn, next_index()))
+            self.proposals.append(self.executor.submit(self.propose, self._next_index()))
         wait(self.proposals, return_when=FIRST_COMPLETED)
         future = next(f for f in self.proposals if f.done())
         self.proposals.remove(future)
         return future.result()
 
-    def reward(self, genome_id: str, parent_mean: float | None, val_bpb: float | None) -> None:
-        """Bandit feedback for the model that wrote this child: improvement over its parent (0 if none)."""
-        origin = self.client.origin_of(genome_id) if self.client else None
-        if origin:
-            gain = (parent_mean - val_bpb) if (parent_mean is not None and val_bpb is not None) else 0.0
-            self.client.reward(origin["model"], max(0.0, gain))
+    def _next_index(self) -> int:
+        self._index += 1
+        return self._index - 1
 
-    def maybe_summarize(self, done: int, history_rows) -> None:
-        """Every llm.summary_every evaluations, the model writes the run-memory note (in the background)."""
-        if not self.client or not self.llm.summary_every or done % self.llm.summary_every:
+    # ------------------------------------------------------------ feedback
+    def child_evaluated(self, evaluation: Evaluation, result: SlotResult, done: int) -> None:
+        """Bandit feedback for the model that wrote this child (its gain over its parent, journaled so a
+        resume restores it), and every llm.summary_every evaluations a new run-memory note."""
+        if not self.llm:
             return
-        from evo.genome import OperatorFailure
+        origin = self.llm.origin_of(evaluation.genome_id)
+        if origin:
+            genome = self.journal.genome(evaluation.genome_id)
+            parent = self.state.records.get(genome.parents[0]) if genome.parents else None
+            parent_mean = parent.mean if parent else None
+            gain = (parent_mean - result.val_bpb) if parent_mean is not None and result.val_bpb is not None else 0.0
+            self.llm.reward(origin["model"], gain)
+        every = self.config.llm.summary_every
+        if every and done % every == 0:
+            self.executor.submit(self._write_memory, done, self.state.history(self.config.llm.history_rows))
+
+    def _write_memory(self, done: int, history: tuple) -> None:
+        """The run-memory note, written in the background; any failure is journaled and shown."""
         from evo.llm import summarize
 
-        def write_note():
-            try:
-                self.journal.add_memory(summarize(self.client, history_rows, previous=self.journal.latest_memory(),
-                                                  prompts=self.prompts))
-            except OperatorFailure as exc:
-                self.journal.event("memory_failed", reason=str(exc)[:500])
-
-        self.executor.submit(write_note)
+        try:
+            note = summarize(self.llm, list(history), previous=self.journal.latest_memory(), prompts=self.prompts,
+                             rng=random.Random(f"{self.config.seed}:memory:{done}"))
+            self.journal.add_memory(note)
+        except Exception as exc:  # noqa: BLE001 -- a thread's error must not vanish
+            self.journal.event("memory_failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            self.note(f"the run-memory note was not written: {type(exc).__name__}: {str(exc)[:200]}")
 
     def close(self) -> None:
         if self.executor:
             for f in self.proposals:
                 f.cancel()
             self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.client:
-            self.client.close()
+        if self.llm:
+            self.llm.close()

@@ -1,8 +1,10 @@
-"""Run configuration: one schema, presets, a TOML file, then command-line flags.
+"""Run configuration, declared once: the `RunConfig` fields carry their TOML section, comment,
+allowed values and command-line flag, and everything else is derived from them: `SCHEMA`, the
+documented example (`evo config > examples/run.toml`), the `evo run` flags, the checks.
 
-Every key has a default and a one-line comment in `SCHEMA`; `examples/run.toml` is
-generated from it (`evo config > examples/run.toml`), so the documented example cannot drift.
-An unknown key, a wrong type or an impossible value is a `UserError` naming the key.
+Precedence: defaults < preset < TOML file < command-line flags. `[llm]` is typed inside the
+config (`evo.llm_config.LLMConfig`, which imports nothing of the LLM client). An unknown key,
+a wrong type or an impossible value is a `UserError` naming the key.
 """
 from __future__ import annotations
 
@@ -11,25 +13,103 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evo.llm_config import LLMConfig
 from gpt.errors import UserError
+from gpt.sources import SOURCE_GRAMMAR, parse_source
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+SECTIONS = ("run", "slots", "search", "fitness", "llm")
+# The defaults are the cpu-demo preset; each other preset names what it changes.
 PRESETS = {
-    "cpu-demo": {"budget_s": 30.0, "evals": 20, "hours": 0.22, "population_size": 6},
+    "cpu-demo": {},
     "smoke": {"budget_s": 3.0, "evals": 8, "hours": 0.05, "noise_repeats": 2, "population_size": 4,
               "eval_tokens": 8192},
-    "gpu-5min": {"budget_s": 300.0, "evals": 0, "hours": 8.0, "genomes": ("genomes/nanochat_gpu.py",), "tokenizer": "bpe:8192",
-                 "eval_tokens": 1048576, "eval_seq_len": 2048, "population_size": 16},
+    "gpu-5min": {"budget_s": 300.0, "evals": 0, "hours": 8.0, "genomes": ("genomes/nanochat_gpu.py",),
+                 "tokenizer": "bpe:8192", "eval_tokens": 1048576, "eval_seq_len": 2048, "population_size": 16},
 }
+
+
+def _key(default, section: str, comment: str, *, choices: tuple = (), minimum: float | None = None,
+         flag: str | None = None):
+    """A config field: its default plus what the schema, the example and the flags need."""
+    meta = {"section": section, "comment": comment, "choices": choices, "minimum": minimum, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved configuration of one run (every key has a value)."""
+
+    preset: str = _key("cpu-demo", "run", "starting point for every other key", choices=tuple(PRESETS),
+                       flag="--preset")
+    out: str = _key("", "run", "run directory (empty: logs/<timestamp>-<preset>)", flag="--out")
+    genomes: tuple = _key(("genomes/tiny_cpu.py",), "run", "seed genome scripts", flag="--genome")
+    data: str = _key("builtin", "run", "data source: " + SOURCE_GRAMMAR, flag="--data")
+    allow_unsealed: bool = _key(False, "run", "run even if a genome could read eval documents at this sandbox "
+                                "level (the run is stamped unsealed)", flag="--allow-unsealed")
+    tokenizer: str = _key("byte", "run", "byte | bpe:VOCAB (trained on the train split only)", flag="--tokenizer")
+    seed: int = _key(0, "run", "run seed: operator choices and harness seeds derive from it", minimum=0,
+                     flag="--seed")
+    evals: int = _key(20, "run", "stop after this many finished evaluations (0: no limit)", minimum=0,
+                      flag="--evals")
+    hours: float = _key(0.22, "run", "stop starting new slots after this many hours (0: no limit)", minimum=0,
+                        flag="--hours")
+    budget_s: float = _key(30.0, "slots", "training wall-clock budget of one slot, seconds", minimum=0.5,
+                           flag="--budget")
+    slots: int = _key(0, "slots", "parallel slots (0: one per visible GPU, else 1 on CPU)", minimum=0,
+                      flag="--slots")
+    device: str = _key("auto", "slots", "auto | cpu | cuda")
+    sandbox: str = _key("auto", "slots", "auto | bwrap | netns | none", choices=("auto", "bwrap", "netns", "none"))
+    grace_s: float = _key(0.0, "slots", "seconds past the budget before the hard kill (0: max(20, 20% of budget))",
+                          minimum=0)
+    eval_tokens: int = _key(32768, "slots", "tokens scored per eval split", minimum=512)
+    eval_seq_len: int = _key(256, "slots", "context length the scorer feeds the model", minimum=8)
+    contended_share: float = _key(0.4, "slots", "a CPU slot whose processes got less than this share of its "
+                                  "threads' time was starved: re-run, not folded in (0: never)", minimum=0)
+    dask_scheduler: str = _key("", "slots", "address of a Dask scheduler to run slots on (empty: local slots)")
+    population_size: int = _key(6, "search", "individuals kept in the population", minimum=2)
+    tournament_size: int = _key(3, "search", "aspirants per tournament", minimum=1)
+    crossover_rate: float = _key(0.2, "search", "share of offline children made by knob crossover", minimum=0)
+    noise_repeats: int = _key(3, "fitness", "evaluations of the seed (fresh seeds) that measure the noise floor",
+                              minimum=2)
+    min_noise_floor: float = _key(0.002, "fitness", "lower bound on the noise floor, bpb", minimum=0)
+    threshold: float = _key(0.0, "fitness", "Thresholdout threshold, bpb (0: 2 x noise floor)", minimum=0)
+    holdout_noise: float = _key(0.0, "fitness", "Thresholdout Laplace scale, bpb (0: noise floor / 2)", minimum=0)
+    holdout_budget: int = _key(40, "fitness", "held-out reveals allowed before Thresholdout stops answering",
+                               minimum=0)
+    penalty_weight: float = _key(1.0, "fitness", "bpb of penalty per bpb of answered gap beyond the noise floor",
+                                 minimum=0)
+    llm: LLMConfig = field(default_factory=LLMConfig)  # [llm]: see docs/llm.md
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (written to RUN_DIR/run.toml)."""
+        return render_toml({k.name: getattr(self, k.name) for k in SCHEMA}, llm=self.llm)
+
+    def to_dict(self) -> dict:
+        """Plain data for the journal (the [llm] table holds variable names only, never keys)."""
+        values = {k.name: getattr(self, k.name) for k in SCHEMA}
+        return {**values, "genomes": list(self.genomes), "llm": _llm_plain(self.llm)}
+
+    @classmethod
+    def from_dict(cls, saved: dict, overrides: dict | None = None) -> "RunConfig":
+        """A journaled config (keys a newer evo dropped are ignored, keys it added take defaults)."""
+        values = {k: v for k, v in saved.items() if k in KEYS}
+        values["genomes"] = tuple(values.get("genomes", KEYS["genomes"].default))
+        llm = LLMConfig.from_dict(saved.get("llm") or {})
+        return dataclasses.replace(cls(), **{**values, "llm": llm, **(overrides or {})})
+
+
+def _llm_plain(llm: LLMConfig) -> dict:
+    return {k: v for k, v in llm.to_dict().items() if v is not None} if llm.enabled else {}
 
 
 @dataclass(frozen=True)
 class Key:
-    """One configuration key: its TOML section, type, default, allowed values and comment."""
+    """One configuration key, as `SCHEMA` lists it (derived from a `RunConfig` field)."""
 
     name: str
     section: str
@@ -38,86 +118,11 @@ class Key:
     comment: str
     choices: tuple = ()
     minimum: float | None = None
-    optional: bool = False
+    flag: str | None = None
 
 
-SCHEMA = (
-    Key("preset", "run", str, "cpu-demo", "starting point for every other key", tuple(PRESETS)),
-    Key("out", "run", str, "", "run directory (empty: logs/<timestamp>-<preset>)"),
-    Key("genomes", "run", tuple, ("genomes/tiny_cpu.py",), "seed genome scripts"),
-    Key("data", "run", str, "builtin", "data source: builtin | text:GLOB | parquet:GLOB[:COLUMN] | hf:NAME "
-        "(stdlib | pysource: never sealed)"),
-    Key("allow_unsealed", "run", bool, False, "run even if a genome could read eval documents at this sandbox level "
-        "(the run is stamped unsealed)"),
-    Key("tokenizer", "run", str, "byte", "byte | bpe:VOCAB (trained on the train split only)"),
-    Key("seed", "run", int, 0, "run seed: operator choices and harness seeds derive from it", minimum=0),
-    Key("evals", "run", int, 20, "stop after this many finished evaluations (0: no limit)", minimum=0),
-    Key("hours", "run", float, 0.22, "stop starting new slots after this many hours (0: no limit)", minimum=0),
-    Key("budget_s", "slots", float, 30.0, "training wall-clock budget of one slot, seconds", minimum=0.5),
-    Key("slots", "slots", int, 0, "parallel slots (0: one per visible GPU, else 1 on CPU)", minimum=0),
-    Key("device", "slots", str, "auto", "auto | cpu | cuda"),
-    Key("sandbox", "slots", str, "auto", "auto | bwrap | netns | none", ("auto", "bwrap", "netns", "none")),
-    Key("grace_s", "slots", float, 0.0, "seconds past the budget before the hard kill (0: max(10, 20% of budget))",
-        minimum=0),
-    Key("eval_tokens", "slots", int, 32768, "tokens scored per eval split", minimum=512),
-    Key("eval_seq_len", "slots", int, 256, "context length the scorer feeds the model", minimum=8),
-    Key("contended_share", "slots", float, 0.4, "a CPU slot whose processes got less than this share of its threads' "
-        "time was starved: re-run, not folded in (0: never)", minimum=0),
-    Key("dask_scheduler", "slots", str, "", "address of a Dask scheduler to run slots on (empty: local slots)"),
-    Key("population_size", "search", int, 6, "individuals kept in the population", minimum=2),
-    Key("tournament_size", "search", int, 3, "aspirants per tournament", minimum=1),
-    Key("crossover_rate", "search", float, 0.2, "share of offline children made by knob crossover", minimum=0),
-    Key("noise_repeats", "fitness", int, 3, "evaluations of the seed (fresh seeds) that measure the noise floor",
-        minimum=2),
-    Key("min_noise_floor", "fitness", float, 0.002, "lower bound on the noise floor, bpb", minimum=0),
-    Key("threshold", "fitness", float, 0.0, "Thresholdout threshold, bpb (0: 2 x noise floor)", minimum=0),
-    Key("holdout_noise", "fitness", float, 0.0, "Thresholdout Laplace scale, bpb (0: noise floor / 2)", minimum=0),
-    Key("holdout_budget", "fitness", int, 40, "held-out reveals allowed before Thresholdout stops answering",
-        minimum=0),
-    Key("penalty_weight", "fitness", float, 1.0, "bpb of penalty per bpb of answered gap beyond the noise floor",
-        minimum=0),
-)
-SECTIONS = ("run", "slots", "search", "fitness", "llm")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """The resolved configuration of one run (every key has a value)."""
-
-    preset: str = "cpu-demo"
-    out: str = ""
-    genomes: tuple = ("genomes/tiny_cpu.py",)
-    data: str = "builtin"
-    allow_unsealed: bool = False
-    tokenizer: str = "byte"
-    seed: int = 0
-    evals: int = 20
-    hours: float = 0.22
-    budget_s: float = 30.0
-    slots: int = 0
-    device: str = "auto"
-    sandbox: str = "auto"
-    grace_s: float = 0.0
-    eval_tokens: int = 32768
-    eval_seq_len: int = 256
-    contended_share: float = 0.4
-    dask_scheduler: str = ""
-    population_size: int = 6
-    tournament_size: int = 3
-    crossover_rate: float = 0.2
-    noise_repeats: int = 3
-    min_noise_floor: float = 0.002
-    threshold: float = 0.0
-    holdout_noise: float = 0.0
-    holdout_budget: int = 40
-    penalty_weight: float = 1.0
-    llm: dict = field(default_factory=dict)  # validated by evo.llm.config.LLMConfig
-
-    def to_toml(self) -> str:
-        """The resolved config as TOML (written to RUN_DIR/run.toml)."""
-        return render_toml({k.name: getattr(self, k.name) for k in SCHEMA}, llm=self.llm)
-
-
+SCHEMA = tuple(Key(f.name, type=type(f.default), default=f.default, **f.metadata)
+               for f in dataclasses.fields(RunConfig) if f.name != "llm")
 KEYS = {k.name: k for k in SCHEMA}
 
 
@@ -140,6 +145,8 @@ def _check(key: Key, value, where: str):
         raise UserError(f"{where}: {value!r} is not a device; allowed values: auto, cpu, cuda, cuda:N")
     if key.name == "genomes" and not value:
         raise UserError(f"{where}: give at least one seed genome")
+    if key.name == "data":
+        parse_source(value)  # one grammar: a malformed source is refused before anything is written
     return value
 
 
@@ -151,7 +158,7 @@ def check_value(name: str, value):
 
 
 def read_toml(path: str | Path) -> dict:
-    """Flatten a run.toml into {key: value}, checking sections and keys."""
+    """Flatten a run.toml into {key: value}, checking sections and keys; [llm] becomes an LLMConfig."""
     try:
         doc = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -163,7 +170,7 @@ def read_toml(path: str | Path) -> dict:
         if section not in SECTIONS or not isinstance(body, dict):
             raise UserError(f"{path}: unknown section [{section}]; allowed sections: {', '.join(SECTIONS)}")
         if section == "llm":
-            flat["llm"] = body
+            flat["llm"] = LLMConfig.from_dict(body, base_dir=Path(path).resolve().parent)
             continue
         for name, value in body.items():
             key = KEYS.get(name)
@@ -184,6 +191,8 @@ def resolve(file_values: dict | None = None, overrides: dict | None = None) -> R
     values["preset"] = preset
     for name in list(values):
         if name == "llm":
+            if not isinstance(values[name], LLMConfig):
+                values[name] = LLMConfig.from_dict(values[name])
             continue
         if name not in KEYS:
             raise UserError(f"unknown config key {name!r}")
@@ -191,6 +200,27 @@ def resolve(file_values: dict | None = None, overrides: dict | None = None) -> R
     return dataclasses.replace(RunConfig(), **values)
 
 
+# ------------------------------------------------------------------ command-line flags from the schema
+def add_flags(parser) -> None:
+    """`evo run`'s config flags: one per key that declares a flag, help from its comment."""
+    for key in SCHEMA:
+        if not key.flag:
+            continue
+        help_text = key.comment
+        if key.type is bool:
+            parser.add_argument(key.flag, dest=key.name, action="store_true", default=None, help=help_text)
+        elif key.type is tuple:
+            parser.add_argument(key.flag, dest=key.name, action="append", help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(key.flag, dest=key.name, type=key.type, help=help_text)
+
+
+def flag_values(args) -> dict:
+    """The config keys given on the command line (None: not given)."""
+    return {k.name: getattr(args, k.name, None) for k in SCHEMA if k.flag}
+
+
+# ------------------------------------------------------------------ TOML rendering
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -201,7 +231,7 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
-def render_toml(values: dict, llm: dict | None = None, comments: bool = True) -> str:
+def render_toml(values: dict, llm: LLMConfig | None = None, comments: bool = True) -> str:
     lines = []
     for section in SECTIONS[:-1]:
         lines.append(f"[{section}]")
@@ -210,14 +240,13 @@ def render_toml(values: dict, llm: dict | None = None, comments: bool = True) ->
                 comment = f"  # {key.comment}" if comments else ""
                 lines.append(f"{key.name} = {_toml_value(values.get(key.name, key.default))}{comment}")
         lines.append("")
-    if llm:
+    plain = _llm_plain(llm) if llm is not None else {}
+    if plain:
         lines.append("[llm]")
-        for k, v in llm.items():
-            if k != "models":
-                lines.append(f"{k} = {_toml_value(v)}")
-        for model in llm.get("models", []):
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in plain.items() if k != "models")
+        for model in plain.get("models", []):
             lines.append("[[llm.models]]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in model.items())
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in model.items() if v is not None)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -225,9 +254,10 @@ def example_toml() -> str:
     """The documented example: every key, its default and a one-line comment. Keys are commented
     out, so that copying the file changes nothing until a line is uncommented (a value set here
     would override the preset)."""
+    presets = "; ".join(f"{n}: {v or 'the defaults'}" for n, v in PRESETS.items())
     header = ("# evo run configuration (`evo run --config run.toml`). Every key is optional; each is shown\n"
               "# commented out, with its default. Precedence: defaults < preset < this file < flags.\n"
-              "# Presets: " + "; ".join(f"{n}: {v}" for n, v in PRESETS.items()) + "\n\n")
+              f"# Presets: {presets}\n\n")
     body = "\n".join(line if not line or line.startswith("[") else "# " + line
                      for line in render_toml({k.name: k.default for k in SCHEMA}).splitlines())
     return header + body + (

@@ -12,9 +12,12 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from evo.genome import Genome
+from gpt.errors import UserError
+from gpt.result import JOURNAL_COLUMNS, SlotResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,6 +32,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     state TEXT NOT NULL,              -- queued | running | done
     slot TEXT, attempt INTEGER NOT NULL DEFAULT 0,
     queued REAL NOT NULL, started REAL, finished REAL, done_seq INTEGER UNIQUE,
+    -- the SlotResult fields marked as journal columns (gpt.result.JOURNAL_COLUMNS):
     status TEXT, reason TEXT, val_bpb REAL, heldout_bpb REAL, test_bpb REAL,
     train_seconds REAL, slot_seconds REAL, eval_seconds REAL, sandbox TEXT,
     answer REAL, revealed INTEGER, penalty REAL, fitness REAL,
@@ -43,12 +47,39 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 CREATE TABLE IF NOT EXISTS memory (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, text TEXT NOT NULL);
 """
 
-RESULT_COLUMNS = ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "train_seconds", "slot_seconds",
-                  "eval_seconds", "sandbox")
+@dataclass(frozen=True)
+class Evaluation:
+    """One row of the `evaluations` table: a queued, running or finished evaluation."""
+
+    id: int
+    genome_id: str
+    purpose: str  # noise | child | reeval | rerun | export
+    seed: int
+    state: str  # queued | running | done
+    slot: str | None = None
+    attempt: int = 0
+    done_seq: int | None = None
+    answer: float | None = None
+    revealed: int | None = None
+    penalty: float | None = None
+    fitness: float | None = None
+    result: SlotResult | None = None
+
+    @classmethod
+    def from_row(cls, row) -> "Evaluation":
+        result = SlotResult.from_dict(json.loads(row["result"])) if row["result"] else None
+        return cls(id=row["id"], genome_id=row["genome_id"], purpose=row["purpose"], seed=row["seed"],
+                   state=row["state"], slot=row["slot"], attempt=row["attempt"], done_seq=row["done_seq"],
+                   answer=row["answer"], revealed=row["revealed"], penalty=row["penalty"], fitness=row["fitness"],
+                   result=result)
+
+
+RUN_PURPOSES = ("noise", "child", "reeval", "rerun")  # everything but export: what the run itself evaluates
+_IN_RUN = "purpose != 'export'"
 
 
 class Journal:
-    """Typed access to the run's SQLite file. One connection, used by the controller thread."""
+    """Typed access to the run's SQLite file: named queries, no SQL outside this module."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -78,17 +109,19 @@ class Journal:
         return json.loads(row["value"]) if row else default
 
     # ------------------------------------------------------------ genomes
+    def _insert_genome(self, genome: Genome) -> bool:
+        return self.db.execute(
+            "INSERT OR IGNORE INTO genomes VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (genome.id, genome.source, json.dumps(list(genome.parents)), genome.operator, genome.rationale,
+             genome.created, genome.length)).rowcount == 1
+
     def add_genome(self, genome: Genome, purpose: str | None = None, seeds=()) -> int | None:
         """Record a genome and, in the same transaction, queue its evaluations (one per seed).
 
         Returns the evaluation id, or None when an identical program is already known
         (a duplicate child is recognized here and never evaluated twice)."""
         with self._tx():
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO genomes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (genome.id, genome.source, json.dumps(list(genome.parents)), genome.operator, genome.rationale,
-                 genome.created, genome.length))
-            if cur.rowcount != 1:
+            if not self._insert_genome(genome):
                 return None
             ids = [self._queue(genome.id, purpose, seed) for seed in seeds] if purpose else []
             return ids[0] if ids else 0
@@ -100,40 +133,31 @@ class Journal:
             for key, value in meta.items():
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
             for genome, harness_seeds in seeds:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO genomes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (genome.id, genome.source, json.dumps(list(genome.parents)), genome.operator, genome.rationale,
-                     genome.created, genome.length))
+                self._insert_genome(genome)
                 for seed in harness_seeds:
                     self._queue(genome.id, "noise", seed)
 
-    def has_genome(self, genome_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM genomes WHERE id = ?", (genome_id,)).fetchone() is not None
-
     def genome(self, genome_id: str) -> Genome:
+        """The genome with its stored id (ids are never recomputed on read)."""
         row = self.db.execute("SELECT * FROM genomes WHERE id = ?", (genome_id,)).fetchone()
         if row is None:
-            from gpt.errors import UserError
-
             raise UserError(f"no genome {genome_id!r} in {self.path}; `evo status RUN_DIR` lists them")
         return Genome(source=row["source"], parents=tuple(json.loads(row["parents"])), operator=row["operator"],
-                      rationale=row["rationale"], created=row["created"])
+                      rationale=row["rationale"], created=row["created"], id=row["id"])
 
     def genome_ids(self) -> list[str]:
         return [r["id"] for r in self.db.execute("SELECT id FROM genomes ORDER BY created, rowid")]
 
     def find_genome(self, prefix: str) -> str:
         ids = [i for i in self.genome_ids() if i.startswith(prefix)]
-        if len(ids) != 1:
-            from gpt.errors import UserError
-
-            if not ids:
-                raise UserError(f"no genome of this run has an id starting with {prefix!r}; `evo status RUN_DIR` "
-                                "lists the ids")
+        if not ids:
+            raise UserError(f"no genome of this run has an id starting with {prefix!r}; `evo status RUN_DIR` "
+                            "lists the ids")
+        if len(ids) > 1:
             raise UserError(f"genome id {prefix!r} matches {len(ids)} genomes; give more characters of the id")
         return ids[0]
 
-    # ------------------------------------------------------------ evaluations
+    # ------------------------------------------------------------ evaluations: writes
     def _queue(self, genome_id: str, purpose: str, seed: int) -> int:
         return self.db.execute(
             "INSERT INTO evaluations (genome_id, purpose, seed, state, queued) VALUES (?, ?, ?, 'queued', ?)",
@@ -150,23 +174,24 @@ class Journal:
                             "WHERE id = ?", (slot, time.time(), eval_id))
         return self.db.execute("SELECT attempt FROM evaluations WHERE id = ?", (eval_id,)).fetchone()[0]
 
-    def finish_evaluation(self, eval_id: int, result: dict, scored: dict, event: tuple | None = None) -> int | None:
-        """Store a result, its Thresholdout answer and fitness atomically. Returns the completion
-        sequence number, or None if this evaluation was already finished (never counted twice)."""
+    def finish_evaluation(self, eval_id: int, result: SlotResult, scored: dict, events=()) -> int | None:
+        """Store a result, its Thresholdout answer and fitness, and the events it caused ((kind, data)
+        pairs), atomically. Returns the completion sequence number, or None if this evaluation was
+        already finished (never counted twice)."""
         with self._tx():
             row = self.db.execute("SELECT state FROM evaluations WHERE id = ?", (eval_id,)).fetchone()
             if row is None or row["state"] == "done":
                 return None
             seq = self.db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM evaluations").fetchone()[0]
-            values = {c: result.get(c) for c in RESULT_COLUMNS}
+            values = [getattr(result, c) for c in JOURNAL_COLUMNS]
             self.db.execute(
                 "UPDATE evaluations SET state = 'done', finished = ?, done_seq = ?, "
-                + ", ".join(f"{c} = ?" for c in values)
+                + ", ".join(f"{c} = ?" for c in JOURNAL_COLUMNS)
                 + ", answer = ?, revealed = ?, penalty = ?, fitness = ?, result = ? WHERE id = ?",
-                (time.time(), seq, *values.values(), scored.get("answer"), scored.get("revealed"),
-                 scored.get("penalty"), scored.get("fitness"), json.dumps(result), eval_id))
-            if event:
-                self._event(*event)
+                (time.time(), seq, *values, scored.get("answer"), scored.get("revealed"),
+                 scored.get("penalty"), scored.get("fitness"), json.dumps(result.to_dict()), eval_id))
+            for kind, data in events:
+                self._event(kind, data)
         return seq
 
     def requeue_running(self) -> list[int]:
@@ -176,25 +201,57 @@ class Journal:
             self.db.execute("UPDATE evaluations SET state = 'queued' WHERE state = 'running'")
         return ids
 
-    def evaluations(self, where: str = "1", params=()) -> list[sqlite3.Row]:
-        return self.db.execute(f"SELECT * FROM evaluations WHERE {where} ORDER BY id", params).fetchall()
+    # ------------------------------------------------------------ evaluations: named queries
+    def _select(self, where: str, params=(), order: str = "id") -> list[Evaluation]:
+        rows = self.db.execute(f"SELECT * FROM evaluations WHERE {where} ORDER BY {order}", params).fetchall()
+        return [Evaluation.from_row(r) for r in rows]
 
-    def done_evaluations(self, purposes=("noise", "child", "reeval", "rerun")) -> list[sqlite3.Row]:
-        marks = ",".join("?" * len(purposes))
-        return self.db.execute(f"SELECT * FROM evaluations WHERE state = 'done' AND purpose IN ({marks}) "
-                               "ORDER BY done_seq", purposes).fetchall()
-
-    def recent_children(self, n: int) -> list[sqlite3.Row]:
-        """The last n finished child evaluations, oldest first."""
-        rows = self.db.execute("SELECT * FROM evaluations WHERE purpose = 'child' AND state = 'done' "
-                               "ORDER BY done_seq DESC LIMIT ?", (n,)).fetchall()
-        return rows[::-1]
-
-    def queued(self) -> list[sqlite3.Row]:
-        return self.evaluations("state = 'queued' AND purpose != 'export'")
-
-    def count(self, where: str, params=()) -> int:
+    def _count(self, where: str, params=()) -> int:
         return self.db.execute(f"SELECT COUNT(*) FROM evaluations WHERE {where}", params).fetchone()[0]
+
+    def all_evaluations(self) -> list[Evaluation]:
+        """Every evaluation in the order it was queued, exports included."""
+        return self._select("1")
+
+    def evaluation(self, eval_id: int) -> Evaluation:
+        return self._select("id = ?", (eval_id,))[0]
+
+    def done_evaluations(self) -> list[Evaluation]:
+        """The run's finished evaluations (no exports), in completion order: what a replay folds."""
+        return self._select(f"state = 'done' AND {_IN_RUN}", order="done_seq")
+
+    def recent_children(self, n: int) -> list[Evaluation]:
+        """The last n finished child evaluations, oldest first."""
+        if n <= 0:
+            return []
+        return self._select("purpose = 'child' AND state = 'done'", order="done_seq")[-n:]
+
+    def queued(self) -> list[Evaluation]:
+        """What waits for a slot, oldest first (exports are never queued for the run)."""
+        return self._select(f"state = 'queued' AND {_IN_RUN}")
+
+    def running(self) -> list[Evaluation]:
+        return self._select(f"state = 'running' AND {_IN_RUN}")
+
+    def count_done(self) -> int:
+        """Finished evaluations of the run itself: what `evals` limits."""
+        return self._count(f"state = 'done' AND {_IN_RUN}")
+
+    def count_by_state(self) -> dict[str, int]:
+        return {state: self._count(f"state = ? AND {_IN_RUN}", (state,)) for state in ("done", "running", "queued")}
+
+    def count_purpose(self, purpose: str) -> int:
+        return self._count("purpose = ?", (purpose,))
+
+    def count_for(self, genome_id: str, purpose: str | None = None) -> int:
+        """Evaluations of one genome (of one purpose), whatever their state: numbers its harness seeds."""
+        if purpose is None:
+            return self._count("genome_id = ?", (genome_id,))
+        return self._count("genome_id = ? AND purpose = ?", (genome_id, purpose))
+
+    def sandboxes_used(self) -> list[str]:
+        return sorted(r[0] for r in self.db.execute("SELECT DISTINCT sandbox FROM evaluations "
+                                                    "WHERE sandbox IS NOT NULL"))
 
     # ------------------------------------------------------------ events, LLM calls, memory
     def _event(self, kind: str, data: dict) -> None:
@@ -217,6 +274,10 @@ class Journal:
                 (time.time(), call.get("call_id"), call.get("model"), call.get("purpose"), call.get("status"),
                  call.get("prompt_tokens"), call.get("completion_tokens"), call.get("cost_usd"),
                  call.get("latency_s"), json.dumps(call, default=str)))
+
+    def llm_calls(self) -> list[dict]:
+        """Every journaled LLM call record, in order (a resumed client restores its spend from them)."""
+        return [json.loads(r["data"]) for r in self.db.execute("SELECT data FROM llm_calls ORDER BY id")]
 
     def llm_totals(self) -> dict:
         row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "

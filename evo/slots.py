@@ -11,6 +11,7 @@ import os
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from gpt.devices import visible_gpus
 from gpt.errors import UserError
 from gpt.runner import SlotJob, run_slot
 
@@ -23,12 +24,6 @@ class Slot:
     device: str
     threads: int = 0
     env: dict = field(default_factory=dict)
-
-
-def visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def plan_slots(device: str, count: int) -> list[Slot]:

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from gpt.lab import STARTUP_ALLOWANCE_S
+from gpt.protocol import STARTUP_ALLOWANCE_S
 
 CLOCK_PIPE_CAP = 65536  # bytes of clock messages the runner reads from one slot; the rest is drained
 

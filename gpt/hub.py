@@ -1,4 +1,4 @@
-"""Hugging Face dataset downloads for `--data hf:REPO[:PATTERN[:COLUMN]]`.
+"""Hugging Face dataset downloads for `--data hf:OWNER/NAME[@REVISION][:PATTERN[:COLUMN]]`.
 
     hf:HuggingFaceFW/fineweb-edu:sample/10BT/*.parquet     shards matching the pattern, column "text"
     hf:owner/name                                          every .parquet file of the repo
@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Iterator
 
 from gpt.errors import UserError
+from gpt.sources import DEFAULT_COLUMN, DEFAULT_PATTERN, DEFAULT_REVISION, Source, parse_source
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_PATTERN = "*.parquet"
-DEFAULT_COLUMN = "text"
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
 RETRIES = 5
@@ -53,9 +52,16 @@ _TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
 @dataclass(frozen=True)
 class HubSpec:
     repo: str
-    revision: str = "main"
+    revision: str = DEFAULT_REVISION
     pattern: str = DEFAULT_PATTERN
     column: str = DEFAULT_COLUMN
+
+    @classmethod
+    def of(cls, source: Source) -> "HubSpec":
+        """The download spec of a parsed hf: source."""
+        if source.kind != "hf":
+            raise ValueError(f"not an hf: source: {source}")
+        return cls(source.repo, source.revision, source.pattern, source.column)
 
 
 @dataclass(frozen=True)
@@ -67,16 +73,9 @@ class RemoteFile:
 
 
 def parse_spec(rest: str) -> HubSpec:
-    """'owner/name[@rev][:pattern[:column]]' -> HubSpec."""
-    parts = rest.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise UserError(f"bad data source hf:{rest}; use hf:OWNER/NAME[@REVISION][:PATTERN[:COLUMN]]")
-    repo, _, revision = parts[0].partition("@")
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo):
-        raise UserError(f"bad Hugging Face dataset name {repo!r} in hf:{rest}; expected OWNER/NAME")
-    pattern = parts[1] if len(parts) > 1 and parts[1] else DEFAULT_PATTERN
-    column = parts[2] if len(parts) > 2 and parts[2] else DEFAULT_COLUMN
-    return HubSpec(repo, revision or "main", pattern, column)
+    """'OWNER/NAME[@REVISION][:PATTERN[:COLUMN]]' (a spec without its "hf:") -> HubSpec, parsed by
+    gpt.sources.parse_source; a malformed one is a UserError."""
+    return HubSpec.of(parse_source(f"hf:{rest}"))
 
 
 def endpoint() -> str:
@@ -264,11 +263,10 @@ def download(spec: HubSpec, cache: Path, base: str | None = None, retries: int =
     return out
 
 
-def hf_documents(rest: str, cache: Path) -> Iterator[tuple[str, str]]:
-    """The documents of `hf:REST`: download (or reuse) the shards, then stream their rows."""
-    from gpt.data import parquet_file_documents
+def hf_documents(spec: HubSpec, cache: Path) -> Iterator[tuple[str, str]]:
+    """The documents of an hf: source: download (or reuse) the shards, then stream their rows."""
+    from gpt.readers import parquet_file_documents
 
-    spec = parse_spec(rest)
     paths = download(spec, cache)
     for p in paths:
         yield from parquet_file_documents(p, spec.column)

@@ -19,12 +19,10 @@ writes is data (gpt.artifact), checked by the harness before anything reads it.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,44 +30,13 @@ import torch
 
 from gpt import artifact
 
-SPEC_ENV = "EVO_SLOT_SPEC"
-CLOCK_FD_ENV = "EVO_CLOCK_FD"  # the write end of the runner's clock pipe
-EXPORT_ERROR_NAME = "export_error.txt"
-STANDALONE_BUDGET_S = 30.0
-# Interpreter start and imports before connect() are free up to this much; beyond it the time
-# comes out of the budget (work done before connect is training outside the clock otherwise).
-STARTUP_ALLOWANCE_S = 10.0
-DEFAULT_EVAL_SEQ_LEN = 256
+from gpt.protocol import (  # noqa: F401  (the wire between this module and the runner)
+    CLOCK_FD_ENV, DEFAULT_EVAL_SEQ_LEN, EXPORT_ERROR_NAME, SPEC_ENV, STANDALONE_BUDGET_S, STARTUP_ALLOWANCE_S,
+    SlotSpec)
 
 
 class ExportError(RuntimeError):
     """The submitted model cannot be exported; the message says what the genome must change."""
-
-
-@dataclass(frozen=True)
-class SlotSpec:
-    """Facts of one slot, written by the harness and read by `connect()`."""
-
-    budget_s: float
-    device: str
-    seed: int
-    vocab_size: int
-    train_path: str
-    out_dir: str
-    eval_seq_len: int = DEFAULT_EVAL_SEQ_LEN
-    threads: int = 0
-    spawned_at: float = 0.0  # wall clock when the harness started the process (0: unknown)
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> "SlotSpec":
-        return cls(**json.loads(Path(path).read_text()))
-
-    def write(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Run:
@@ -170,10 +137,11 @@ def _run_by_hand() -> None:
     """`python genome.py` outside the harness: run this very script through the full harness (a
     sandboxed slot, the runner's clock, the trusted scorer), print the scores, and exit. A number
     printed here is measured exactly as `evo eval` measures it."""
+    from gpt.devices import default_device
     from gpt.runner import run_by_hand
 
     sys.exit(run_by_hand(Path(sys.argv[0]).resolve(), budget_s=float(os.environ.get("EVO_BUDGET", STANDALONE_BUDGET_S)),
-                         data=os.environ.get("EVO_DATA") or None, device=_default_device()))
+                         data=os.environ.get("EVO_DATA") or None, device=default_device()))
 
 
 EXPORT_MODULES = ("torch._dynamo", "torch.export", "torch._export.non_strict_utils", "torch._functorch.aot_autograd",

@@ -26,6 +26,7 @@ the evaluation (`nan`), a non-finite probe statistic fails the probe.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from gpt import artifact
+from gpt.result import SCORER_FIELDS, SlotResult
 from gpt.data import CANARY_PREFIX, Dataset, canary_text
 
 DEFAULT_EVAL_TOKENS = 32768
@@ -258,7 +260,7 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
     return Plan([batches[i] for i in order], twins, (rep[1], rep[2]), canaries)
 
 
-def score(request: dict) -> dict:
+def score(request: dict) -> SlotResult:
     """Score one artifact. Returns status, bpb per split, the tokens scored and the probe results."""
     start = time.monotonic()
     dataset = Dataset(Path(request["dataset"]))
@@ -271,10 +273,11 @@ def score(request: dict) -> dict:
     vocab = tok.vocab_size
     token_bytes = torch.from_numpy(tok.token_bytes())
     scoring = {"eval_tokens": n_tokens, "seq_len": seq_len, "batch_size": SCORE_BATCH}
-    result: dict = {"status": "ok", "reason": None, "scoring": scoring}
+    result = SlotResult(status="ok", reason=None, scoring=scoring)
 
-    def failed(reason: str, detail: str) -> dict:
-        return {**result, "status": "failed", "reason": reason, "detail": detail, "eval_seconds": time.monotonic() - start}
+    def failed(reason: str, detail: str) -> SlotResult:
+        return dataclasses.replace(result, status="failed", reason=reason, detail=detail,
+                                   eval_seconds=time.monotonic() - start)
 
     try:
         program, fn = artifact.load(request["artifact"])
@@ -306,7 +309,7 @@ class _fresh_memory:
 
 
 def _score_loaded(program, fn, dataset, device, seq_len, n_tokens, probe_seed, splits, vocab, token_bytes, result,
-                  scoring, failed, start) -> dict:
+                  scoring, failed, start) -> SlotResult:
     try:
         work = plan(dataset, splits, seq_len, n_tokens, probe_seed)
         nll: dict = {}
@@ -317,10 +320,10 @@ def _score_loaded(program, fn, dataset, device, seq_len, n_tokens, probe_seed, s
             keys = sorted(k for k in nll if k[0] == "score" and k[1] == split)
             rows = torch.cat([b[3] for b in work.batches if b[0] == "score" and b[1] == split])
             targets = rows[:, 1:]
-            result[f"{split}_bpb"] = float(sum(float(nll[k].sum()) for k in keys) / math.log(2)
-                                           / int(token_bytes[targets].sum()))
+            setattr(result, f"{split}_bpb", float(sum(float(nll[k].sum()) for k in keys) / math.log(2)
+                                                  / int(token_bytes[targets].sum())))
             scoring[f"{split}_tokens"] = int(targets.numel())
-        result["scored_tokens"] = scoring["val_tokens"]
+        result.scored_tokens = scoring["val_tokens"]
         probes["causality"] = _causality(nll, work)
         probes["canary"] = _canary(nll, work, token_bytes)
         mutations = graph_mutations(program)
@@ -333,14 +336,14 @@ def _score_loaded(program, fn, dataset, device, seq_len, n_tokens, probe_seed, s
         return failed("bad_output", str(exc))
     except Exception as exc:
         return failed("score_error", f"{type(exc).__name__}: {exc}")
-    result["probes"] = probes
+    result.probes = probes
     for name, probe in probes.items():
         probe["pass"] = bool(probe["pass"]) and all(math.isfinite(v) for v in _numbers(probe))  # fail closed
-        result[name] = "pass" if probe["pass"] else "fail"
+        setattr(result, name, "pass" if probe["pass"] else "fail")
     failed_probes = [name for name, probe in probes.items() if not probe["pass"]]
     if failed_probes:
-        result.update(status="flagged", reason=",".join(failed_probes))
-    result["eval_seconds"] = time.monotonic() - start
+        result.flag(*failed_probes)
+    result.eval_seconds = time.monotonic() - start
     return result
 
 
@@ -396,7 +399,8 @@ def main() -> None:
         return
     if request.get("threads"):
         torch.set_num_threads(int(request["threads"]))
-    json.dump(score(request), sys.stdout)
+    answer = score(request).to_dict()
+    json.dump({k: answer[k] for k in SCORER_FIELDS}, sys.stdout)  # the scorer answers only what it measures
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main() -> None:
     r = run_slot(SlotJob(genome=str(genome), dataset=str(ds.path), out_dir=str(tmp / "slot"), budget_s=args.budget,
                          seed=0, threads=2, sandbox="auto"))
     _, base = artifact.load(tmp / "slot" / "work")
-    print(f"honest tiny_cpu at {args.budget:g} s on {args.data}: {r['status']} val_bpb {r['val_bpb']:.4f}")
+    print(f"honest tiny_cpu at {args.budget:g} s on {args.data}: {r.status} val_bpb {r.val_bpb:.4f}")
     print("| EPS | val_bpb (documents only) | raw val stream with canaries |\n|---|---|---|")
     for eps in (0.0, 0.001, 0.01, 0.05):
         folder = tmp / f"eps{eps}"
@@ -57,7 +57,7 @@ def main() -> None:
         _, module = artifact.load(folder)
         raw = S.bits_per_byte(module, np.asarray(ds.tokens("val")), ds.tokenizer.token_bytes(), 256, 10**9,
                               ds.tokenizer.vocab_size, "cpu")
-        print(f"| {eps:g} | {res['val_bpb']:.4f} | {raw:.4f} |")
+        print(f"| {eps:g} | {res.val_bpb:.4f} | {raw:.4f} |")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def hedged_rows(dataset, tmp: Path) -> dict:
     model = Trigram.fit(dataset.tokens("train"))
     out = {}
     for name, m in (("plain", model), ("hedged", Hedged(model))):
-        out[name] = score_model(m, dataset, tmp / name)["val_bpb"]
+        out[name] = score_model(m, dataset, tmp / name).val_bpb
         out[name + "_raw"] = S.bits_per_byte(m.eval(), np.asarray(dataset.tokens("val")), np.ones(VOCAB, np.int64),
                                              S.DEFAULT_EVAL_TOKENS // 128, 10**9, VOCAB, "cpu")
     return out
@@ -106,7 +106,7 @@ def scorer_round_trip(level: str, artifact_dir: Path, dataset, tmp: Path, k: int
                            "eval_tokens": S.DEFAULT_EVAL_TOKENS, "device": "cpu", "threads": os.cpu_count(),
                            "probe_seed": k})
     scorer.close()
-    assert result["status"] == "ok", result
+    assert result.status == "ok", result
     return time.monotonic() - sent, time.monotonic() - start
 
 
@@ -131,12 +131,12 @@ def main() -> None:
                 r = run_slot(SlotJob(genome=genome, dataset=str(ds.path), out_dir=str(tmp / f"{name[:4]}-{k}"),
                                      budget_s=args.budget, seed=k, threads=os.cpu_count() or 1, sandbox="bwrap"))
                 runs.append(r)
-                print(f"{name} seed {k}: {r['status']} {r.get('reason')} val {r.get('val_bpb')}", file=sys.stderr)
+                print(f"{name} seed {k}: {r.status} {r.reason} val {r.val_bpb}", file=sys.stderr)
             artifacts[name] = tmp / f"{name[:4]}-0" / "work"
-            vals = [r["val_bpb"] for r in runs if r.get("val_bpb") is not None]
+            vals = [r.val_bpb for r in runs if r.val_bpb is not None]
             h = hedged_rows(ds, tmp / f"hedge-{name[:4]}")
             print(f"| {name} | {statistics.median(vals):.3f} | {', '.join(f'{v:.3f}' for v in vals)} | "
-                  f"{runs[0]['scored_tokens']} | {canary_share(ds, 256, S.DEFAULT_EVAL_TOKENS):.4f} | "
+                  f"{runs[0].scored_tokens} | {canary_share(ds, 256, S.DEFAULT_EVAL_TOKENS):.4f} | "
                   f"{h['plain']:.4f} / {h['hedged']:.4f} | {h['plain_raw']:.4f} / {h['hedged_raw']:.4f} |")
         ds = corpora["builtin (default)"]
         cost = probe_cost(artifacts["builtin (default)"], ds, 256, S.DEFAULT_EVAL_TOKENS)

@@ -128,7 +128,7 @@ ds = prepare(os.environ["DATA"], tokenizer=os.environ["TOKENIZER"])
 r = run_slot(SlotJob(genome=os.environ["GENOME"], dataset=str(ds.path), out_dir=os.environ["EVAL_DIR"],
                      budget_s=float(os.environ["BUDGET"]), device=os.environ["DEVICE"],
                      sandbox=os.environ.get("SANDBOX") or "auto"))
-print(f"status: {r['status']} reason: {r.get('reason')} val_bpb: {r.get('val_bpb')}")
+print(f"status: {r.status} reason: {r.reason} val_bpb: {r.val_bpb}")
 EOF
     EVAL_RC=$?
 fi

@@ -154,8 +154,10 @@ def evo_cli(data_env, python):
     returns the CompletedProcess."""
     import subprocess
 
-    def run(*args, timeout: float = 300, cwd=None, env: dict | None = None):
-        return subprocess.run([python, "-m", "evo.cli", *map(str, args)], capture_output=True, text=True,
+    def run(*args, timeout: float = 300, cwd=None, env: dict | None = None, bare: bool = False):
+        """`bare`: with openai, libcst, evo.llm and evo.operators unimportable (tests/bare_evo.py)."""
+        entry = [str(Path(__file__).resolve().parent / "bare_evo.py")] if bare else ["-m", "evo.cli"]
+        return subprocess.run([python, *entry, *map(str, args)], capture_output=True, text=True,
                               timeout=timeout, cwd=cwd, env={**data_env, "COLUMNS": "200", **(env or {})})
 
     return run

@@ -97,7 +97,7 @@ SEQ_LEN = 64  # the scorer runs in these tests: gpt.score.score on the small dat
 EVAL_TOKENS = 4096
 
 
-def score_artifact(model: nn.Module, dataset, tmp_path, probe_seed: int = 0) -> dict:
+def score_artifact(model: nn.Module, dataset, tmp_path, probe_seed: int = 0):
     """What the slot runner does with a submitted model: lab.export_model, artifact.save, score.score."""
     from gpt.lab import export_model
 
@@ -493,8 +493,8 @@ class EvalTimeLearner(nn.Module):
 
 def test_eval_time_learner_is_flagged_by_the_repeated_batch(small_dataset, tmp_path):
     result = score_artifact(EvalTimeLearner(small_dataset.tokenizer.vocab_size), small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")  # its hidden buffer writes, at load
-    assert "changes its buffers" in result["detail"]
+    assert (result.status, result.reason) == ("failed", "bad_artifact")  # its hidden buffer writes, at load
+    assert "changes its buffers" in result.detail
 
 
 class ReplayPeek(nn.Module):
@@ -545,7 +545,7 @@ def test_model_that_reads_the_targets_and_remembers_batches_is_not_scored_ok(sma
     tok = small_dataset.tokenizer
     model = ReplayPeek(tok.vocab_size, tok.encode("# canary ").tolist())
     result = score_artifact(model, small_dataset, tmp_path, probe_seed)
-    assert result["status"] != "ok", (result.get("val_bpb"), result.get("heldout_bpb"))
+    assert result.status != "ok", (result.val_bpb, result.heldout_bpb)
 
 
 class UninitializedMemory(nn.Module):
@@ -816,7 +816,7 @@ class Peek(nn.Module):
 
 def test_model_that_reads_the_targets_without_memory_fails_the_causality_probe(small_dataset, tmp_path):
     result = score_artifact(Peek(small_dataset.tokenizer.vocab_size), small_dataset, tmp_path)
-    assert result["status"] == "flagged" and "causality" in result["reason"]
+    assert result.status == "flagged" and "causality" in result.reason
 
 
 # ---------------------------------------------------------------- the routes torch.export.load would run
@@ -865,4 +865,4 @@ def test_a_genome_that_saves_a_pt2_archive_itself_gets_nothing_scored(small_data
         "torch.export.save(p, 'model.pt2')\n")
     result = run_slot(SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "slot"),
                               budget_s=2.0, grace_s=30.0, eval_tokens=1024, threads=1, static_checks=False))
-    assert (result["status"], result["reason"]) == ("failed", "no_submit"), result
+    assert (result.status, result.reason) == ("failed", "no_submit"), result

@@ -14,7 +14,7 @@ import pytest
 
 from evo import config as cfg
 from evo.cli import build_parser, main
-from evo.commands import _overrides
+
 from gpt.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -66,7 +66,7 @@ def test_precedence_is_defaults_then_preset_then_toml_then_flags(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('[run]\npreset = "smoke"\nevals = 5\nseed = 7\n[slots]\nbudget_s = 7\n')
     args = build_parser().parse_args(["run", "--config", str(toml), "--evals", "9", "--out", str(tmp_path / "o")])
-    config = cfg.resolve(cfg.read_toml(args.config), _overrides(args))
+    config = cfg.resolve(cfg.read_toml(args.config), cfg.flag_values(args))
     assert config.preset == "smoke"                # chosen in the TOML file
     assert config.min_noise_floor == cfg.KEYS["min_noise_floor"].default  # nobody sets it: the default
     assert config.noise_repeats == cfg.PRESETS["smoke"]["noise_repeats"]  # the preset beats the default
@@ -85,7 +85,7 @@ def test_a_preset_flag_overrides_the_preset_named_in_the_toml_file():
 
 def test_flags_left_out_do_not_override_the_toml_file(tmp_path):
     args = build_parser().parse_args(["run"])
-    config = cfg.resolve({"evals": 4, "budget_s": 2.5}, _overrides(args))
+    config = cfg.resolve({"evals": 4, "budget_s": 2.5}, cfg.flag_values(args))
     assert (config.evals, config.budget_s) == (4, 2.5)
 
 
@@ -98,14 +98,19 @@ def test_a_resolved_config_round_trips_through_the_run_toml_it_writes(tmp_path):
 
 
 # ---------------------------------------------------------------- schema and the documented example
-def test_run_config_defaults_equal_the_schema_defaults():
-    fields = {f.name for f in dataclasses.fields(cfg.RunConfig)} - {"llm"}
-    assert fields == set(cfg.KEYS)
-    defaults = cfg.RunConfig()
+def test_every_key_has_a_section_and_a_comment_and_every_flag_sets_its_key():
+    assert {f.name for f in dataclasses.fields(cfg.RunConfig)} - {"llm"} == set(cfg.KEYS)
+    samples = {str: "x", int: "3", float: "2.5", tuple: "a.py"}
     for key in cfg.SCHEMA:
-        assert getattr(defaults, key.name) == key.default, key.name
         assert key.comment.strip(), f"{key.name} has no comment"
         assert key.section in cfg.SECTIONS
+        if not key.flag:
+            continue
+        argv = ["run", key.flag] if key.type is bool else ["run", key.flag, samples[key.type]]
+        given = cfg.flag_values(build_parser().parse_args(argv))
+        expected = {bool: True, tuple: ["a.py"]}.get(key.type) or key.type(samples[key.type])
+        assert given[key.name] == expected, key.name
+        assert [k for k, v in given.items() if v is not None] == [key.name], "a flag set another key"
 
 
 def test_resolving_nothing_with_the_default_preset_gives_preset_values_over_schema_defaults():
@@ -265,10 +270,10 @@ def test_a_missing_config_file_is_a_named_error(tmp_path):
 
 
 def test_evo_run_finds_its_shipped_seed_genome_from_any_directory(tmp_path, monkeypatch):
-    from evo.commands import _find_genome
+    from evo.commands import find_genome
 
     monkeypatch.chdir(tmp_path)  # nothing named genomes/ here
-    found = _find_genome("genomes/tiny_cpu.py")
+    found = find_genome("genomes/tiny_cpu.py")
     assert found.is_file() and found.name == "tiny_cpu.py" and found.is_absolute()
     with pytest.raises(UserError, match="does not exist"):
-        _find_genome("genomes/no_such_genome.py")
+        find_genome("genomes/no_such_genome.py")

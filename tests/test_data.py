@@ -19,8 +19,9 @@ from gpt import data as data_mod
 from gpt.data import (BUILTIN_EXCLUDED, CANARIES_PER_SPLIT, CANARY_COPIES, CANARY_HEX_CHARS, CANARY_PREFIX, CHUNK_ABOVE_BYTES,
                       CHUNK_BYTES, CONTROL_CANARIES, DEFAULT_FRACTIONS, EVAL_SPLITS, MIN_EVAL_TOKENS,
                       MIN_SPLIT_DOCUMENTS, SPLITS, canary_text, check_secret, chunk_text, document_roots, documents,
-                      prepare, split_of)
+                      iter_documents, prepare, split_of)
 from gpt.errors import UserError
+from gpt.sources import SOURCE_GRAMMAR, Source, parse_source
 
 OTHER_SECRET = "11" * 16
 
@@ -516,11 +517,73 @@ def test_a_corpus_too_small_for_its_splits_is_a_user_error(secret, small_docs, t
     assert "split got" in message
 
 
-@pytest.mark.parametrize("source", ["nope", "text:", "parquet:", "stdlib:extra", "builtin:x"])
-def test_an_unknown_source_spec_is_a_user_error_listing_the_kinds(source, tmp_path):
-    assert_user_error(source, "unknown data source", "text:GLOB", "builtin", root=tmp_path)
-    with pytest.raises(UserError, match="unknown data source"):
-        document_roots(source)
+# ---------------------------------------------------------------- the source grammar
+
+
+@pytest.mark.parametrize("spec, parts", [
+    ("builtin", Source("builtin")),
+    ("stdlib", Source("stdlib")),
+    ("pysource", Source("pysource")),
+    ("text:corpus/**/*.txt", Source("text", glob="corpus/**/*.txt")),
+    ("text:~/c:d/*.txt", Source("text", glob="~/c:d/*.txt")),  # text: has no column: every ':' is the glob's
+    ("parquet:shards/*.parquet", Source("parquet", glob="shards/*.parquet", column="text")),
+    ("parquet:shards/*.parquet:body", Source("parquet", glob="shards/*.parquet", column="body")),
+    ("parquet:a:b/*.parquet", Source("parquet", glob="a:b/*.parquet", column="text")),  # '/' in the tail: a glob
+    ("parquet:x:y.parquet", Source("parquet", glob="x:y.parquet", column="text")),  # '.' in the tail: a glob
+    ("hf:acme/corpus", Source("hf", repo="acme/corpus", revision="main", pattern="*.parquet", column="text")),
+    ("hf:acme/corpus@v2", Source("hf", repo="acme/corpus", revision="v2", pattern="*.parquet", column="text")),
+    ("hf:HuggingFaceFW/fineweb-edu:sample/10BT/*.parquet",
+     Source("hf", repo="HuggingFaceFW/fineweb-edu", revision="main", pattern="sample/10BT/*.parquet", column="text")),
+    ("hf:acme/code@v2:data/*.parquet:content",
+     Source("hf", repo="acme/code", revision="v2", pattern="data/*.parquet", column="content")),
+    ("hf:acme/code::content", Source("hf", repo="acme/code", revision="main", pattern="*.parquet", column="content")),
+])
+def test_every_form_of_the_grammar_parses_to_its_parts(spec, parts):
+    assert parse_source(spec) == parts
+    assert parse_source(spec).runtime == (parts.kind in ("stdlib", "pysource"))
+
+
+def test_the_grammar_names_every_kind_and_what_is_never_sealed():
+    for form in ("builtin", "stdlib", "pysource", "text:GLOB", "parquet:GLOB[:COLUMN]",
+                 "hf:OWNER/NAME[@REVISION][:PATTERN[:COLUMN]]"):
+        assert form in SOURCE_GRAMMAR
+    assert "never sealed" in SOURCE_GRAMMAR and data_mod.SOURCE_GRAMMAR is SOURCE_GRAMMAR
+
+
+@pytest.mark.parametrize("spec", ["text:", "parquet:", "hf:", "hf:noslash", "nonsense", "hf:a/b@", "hf:a/b@..",
+                                  "hf:a b/c", "hf:a/b:x:y:z", "hf:/b", "parquet::body", "stdlib:extra",
+                                  "builtin:x", "builtin:", "", "Builtin", " builtin"])
+def test_a_malformed_spec_is_a_user_error_naming_it_and_the_grammar(spec, tmp_path):
+    with pytest.raises(UserError) as err:
+        parse_source(spec)
+    message = str(err.value)
+    assert repr(spec) in message and SOURCE_GRAMMAR in message, message
+    for entry in (lambda: prepare(spec, root=tmp_path), lambda: document_roots(spec),
+                  lambda: iter_documents(spec)):  # nothing in gpt parses a spec on its own
+        with pytest.raises(UserError) as again:
+            entry()
+        assert str(again.value) == message
+    assert not any(tmp_path.iterdir())  # refused before anything was read or written
+
+
+def test_an_hf_spec_without_the_prefix_goes_through_the_same_parser():
+    from gpt import hub
+
+    with pytest.raises(UserError) as err:
+        hub.parse_spec("noslash")
+    assert "'hf:noslash'" in str(err.value) and SOURCE_GRAMMAR in str(err.value)
+    assert hub.HubSpec.of(parse_source("hf:a/b@r:p:c")) == hub.parse_spec("a/b@r:p:c") == hub.HubSpec("a/b", "r", "p", "c")
+
+
+def test_a_spec_that_parses_but_names_no_files_gets_the_glob_errors(small_corpus, tmp_path):
+    for spec in (f"text:{tmp_path}/none/*.txt", f"parquet:{tmp_path}/none/*.parquet:body", f"text:{small_corpus}",
+                 f"parquet:{small_corpus}"):
+        parse_source(spec)  # well formed: the problem is what the glob matches
+    assert_user_error(f"parquet:{tmp_path}/none/*.parquet:body", "matched no files", f"{tmp_path}/none/*.parquet",
+                      root=tmp_path / "d")
+    message = assert_user_error(f"text:{small_corpus}", "is a directory, not a glob of files",
+                                f"text:'{small_corpus}/**/*.txt'", root=tmp_path / "d")
+    assert SOURCE_GRAMMAR not in message  # not a grammar problem
 
 
 @pytest.mark.parametrize("fractions", [{"dev": 0.1}, {"val": 0.0}, {"val": 0.5, "heldout": 0.4}])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast
 import math
-from pathlib import Path
 
 import libcst as cst
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from evo.operators.knobs import find_knobs
 from gpt.static_checks import check_source
 
-from conftest import REPO, SMALL_FRACTIONS
+from conftest import REPO
 
 GENOME = REPO / "genomes" / "nanochat_gpu.py"
 
@@ -138,12 +137,12 @@ def test_toy_genome_trains_submits_and_scores_ok(tmp_path, small_dataset):
     result = run_slot(SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "eval"),
                               budget_s=4.0, grace_s=60.0, device="cpu", threads=1, eval_tokens=8192))
     stdout = (tmp_path / "eval" / "stdout.txt").read_text()
-    assert result["status"] == "ok", (result.get("reason"), result.get("detail"), result.get("stderr_tail"))
-    assert result["causality"] == result["canary"] == result["stateless"] == "pass"
-    assert result["steps"] and result["steps"] >= 10
+    assert result.status == "ok", (result.reason, result.detail, result.stderr_tail)
+    assert result.causality == result.canary == result.stateless == "pass"
+    assert result.steps and result.steps >= 10
     summary = dict(line.split(": ", 1) for line in stdout.splitlines() if ": " in line and not line.startswith("step "))
     assert float(summary["tokens_per_second"]) > 0 and summary["mfu"] == "n/a"
     assert math.isfinite(float(summary["train_loss"]))
-    assert result["val_bpb"] < 7.0, result["val_bpb"]  # uniform over bytes is 8 bits per byte
-    print(f"toy nanochat_gpu on CPU: val_bpb {result['val_bpb']:.3f} after {result['steps']} steps; "
+    assert result.val_bpb < 7.0, result.val_bpb  # uniform over bytes is 8 bits per byte
+    print(f"toy nanochat_gpu on CPU: val_bpb {result.val_bpb:.3f} after {result.steps} steps; "
           f"{summary['tokens_per_second']} tokens/s")

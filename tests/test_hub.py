@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -16,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt import data as data_mod
-from gpt import hub
+from gpt import hub, readers
 from gpt.data import iter_documents, parquet_file_documents, prepare, pysource_files, pysource_roots
 from gpt.errors import UserError
 
@@ -184,7 +182,7 @@ def test_pysource_prepares_a_dataset(tmp_path, monkeypatch, small_docs):
     site.mkdir()
     for i, text in enumerate(small_docs):
         (site / f"m{i:04d}.py").write_text(text)
-    monkeypatch.setattr(data_mod, "pysource_roots", lambda: [str(site)])
+    monkeypatch.setattr(readers, "pysource_roots", lambda: [str(site)])
     ds = prepare("pysource", root=tmp_path / "data", fractions=SMALL_FRACTIONS)
     assert sum(ds.manifest["documents"].values()) == len(set(small_docs))
 

@@ -1,7 +1,7 @@
 """The run journal: one SQLite file in WAL mode; atomic, never-twice results; crash-safe state."""
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +12,7 @@ import pytest
 from evo.genome import Genome
 from evo.journal import Journal
 from gpt.errors import UserError
+from gpt.result import SlotResult
 
 SOURCE = '''"""A genome."""
 import math
@@ -37,8 +38,9 @@ def scale( x ):
 '''
 DIFFERENT = SOURCE.replace("WIDTH = 64", "WIDTH = 32")
 
-RESULT = {"status": "ok", "reason": None, "val_bpb": 2.5, "heldout_bpb": 2.52, "test_bpb": None,
-          "train_seconds": 1.5, "slot_seconds": 3.0, "eval_seconds": 0.4, "sandbox": "none", "steps": 12}
+RESULT_FIELDS = {"status": "ok", "reason": None, "val_bpb": 2.5, "heldout_bpb": 2.52, "test_bpb": None,
+                 "train_seconds": 1.5, "slot_seconds": 3.0, "eval_seconds": 0.4, "sandbox": "none", "steps": 12}
+RESULT = SlotResult(**RESULT_FIELDS)
 SCORES = {"answer": 2.5, "revealed": 0, "penalty": 0.0, "fitness": -2.5}
 
 
@@ -73,7 +75,7 @@ def test_a_genome_is_stored_with_its_source_and_provenance(journal):
     assert (stored.operator, stored.rationale) == ("knob_mutation", "WIDTH 64 -> 32")
     assert stored.id == child.id
     assert journal.genome_ids() == [parent.id, child.id]
-    assert journal.count("1") == 0
+    assert len(journal.all_evaluations()) == 0
 
 
 def test_an_identical_program_is_recognized_despite_formatting_and_comments(journal):
@@ -82,7 +84,7 @@ def test_an_identical_program_is_recognized_despite_formatting_and_comments(jour
     assert Genome(source=REFORMATTED).id == Genome(source=SOURCE).id
     assert journal.add_genome(Genome(source=REFORMATTED, operator="knob_mutation"), "child", [2]) is None
     assert journal.add_genome(Genome(source=SOURCE), "child", [3]) is None
-    assert journal.count("1") == 1, "a duplicate queued an evaluation"
+    assert len(journal.all_evaluations()) == 1, "a duplicate queued an evaluation"
     assert journal.genome(Genome(source=SOURCE).id).source == SOURCE  # the first text is kept
     assert journal.genome(Genome(source=SOURCE).id).operator == "seed"
 
@@ -96,23 +98,23 @@ def test_a_changed_constant_is_a_new_genome(journal):
 def test_add_genome_queues_one_evaluation_per_seed_in_the_same_transaction(journal):
     genome = Genome(source=SOURCE)
     first = journal.add_genome(genome, "noise", [5, 6, 7])
-    rows = journal.evaluations()
-    assert [r["id"] for r in rows][0] == first
-    assert [(r["genome_id"], r["purpose"], r["seed"], r["state"]) for r in rows] == \
+    rows = journal.all_evaluations()
+    assert [r.id for r in rows][0] == first
+    assert [(r.genome_id, r.purpose, r.seed, r.state) for r in rows] == \
         [(genome.id, "noise", s, "queued") for s in (5, 6, 7)]
-    assert [r["id"] for r in journal.queued()] == [r["id"] for r in rows]
+    assert [r.id for r in journal.queued()] == [r.id for r in rows]
 
 
 def test_finish_evaluation_numbers_completions_and_never_counts_one_twice(journal):
     a, b = _queued(journal, seeds=(1, 2))
     journal.mark_running(b, "cpu0")
     assert journal.finish_evaluation(b, RESULT, SCORES) == 1
-    assert journal.finish_evaluation(a, {**RESULT, "val_bpb": 2.7}, SCORES) == 2
-    assert journal.finish_evaluation(b, {**RESULT, "val_bpb": 9.9}, {"fitness": -9.9}) is None
-    row = journal.evaluations("id = ?", (b,))[0]
-    assert (row["state"], row["done_seq"], row["val_bpb"], row["fitness"]) == ("done", 1, 2.5, -2.5)
-    assert json.loads(row["result"]) == RESULT
-    assert journal.count("state = 'done'") == 2
+    assert journal.finish_evaluation(a, replace(RESULT, val_bpb=2.7), SCORES) == 2
+    assert journal.finish_evaluation(b, replace(RESULT, val_bpb=9.9), {"fitness": -9.9}) is None
+    row = journal.evaluation(b)
+    assert (row.state, row.done_seq, row.result.val_bpb, row.fitness) == ("done", 1, 2.5, -2.5)
+    assert row.result == RESULT
+    assert journal.count_done() == 2
     assert journal.finish_evaluation(12345, RESULT, SCORES) is None  # no such evaluation
 
 
@@ -120,11 +122,11 @@ def test_finish_evaluation_stores_result_scores_and_event_together_or_not_at_all
     (eval_id,) = _queued(journal)
     journal.mark_running(eval_id, "cpu0")
     with pytest.raises(TypeError):  # the event cannot be written: the whole transaction rolls back
-        journal.finish_evaluation(eval_id, RESULT, SCORES, event=("new_best", {"bad": object()}))
-    row = journal.evaluations("id = ?", (eval_id,))[0]
-    assert (row["state"], row["done_seq"], row["val_bpb"], row["result"]) == ("running", None, None, None)
+        journal.finish_evaluation(eval_id, RESULT, SCORES, events=[("new_best", {"bad": object()})])
+    row = journal.evaluation(eval_id)
+    assert (row.state, row.done_seq, row.result) == ("running", None, None)
     assert journal.events() == []
-    assert journal.finish_evaluation(eval_id, RESULT, SCORES, event=("new_best", {"genome_id": "x"})) == 1
+    assert journal.finish_evaluation(eval_id, RESULT, SCORES, events=[("new_best", {"genome_id": "x"})]) == 1
     assert [e["kind"] for e in journal.events()] == ["new_best"]
 
 
@@ -139,7 +141,7 @@ def test_two_controllers_finishing_the_same_evaluation_count_it_once(tmp_path):
     def finish(k):
         barrier.wait()
         for eval_id in ids:
-            seqs[k].append(journals[k].finish_evaluation(eval_id, {**RESULT, "val_bpb": float(k)}, SCORES))
+            seqs[k].append(journals[k].finish_evaluation(eval_id, replace(RESULT, val_bpb=float(k)), SCORES))
 
     threads = [threading.Thread(target=finish, args=(k,)) for k in range(2)]
     for t in threads:
@@ -150,7 +152,7 @@ def test_two_controllers_finishing_the_same_evaluation_count_it_once(tmp_path):
         assert (a is None) != (b is None), f"evaluation {eval_id} counted {'twice' if a and b else 'never'}"
     done = [s for s in seqs[0] + seqs[1] if s is not None]
     assert sorted(done) == list(range(1, len(ids) + 1))
-    assert setup.count("state = 'done'") == len(ids)
+    assert setup.count_done() == len(ids)
     for j in journals + [setup]:
         j.close()
 
@@ -160,8 +162,8 @@ def test_mark_running_counts_attempts(journal):
     assert journal.mark_running(eval_id, "cpu0") == 1
     journal.requeue_running()
     assert journal.mark_running(eval_id, "cpu1") == 2
-    row = journal.evaluations("id = ?", (eval_id,))[0]
-    assert (row["state"], row["slot"], row["attempt"]) == ("running", "cpu1", 2)
+    row = journal.evaluation(eval_id)
+    assert (row.state, row.slot, row.attempt) == ("running", "cpu1", 2)
 
 
 def test_requeue_running_puts_running_evaluations_back_in_the_queue(journal):
@@ -171,9 +173,9 @@ def test_requeue_running_puts_running_evaluations_back_in_the_queue(journal):
     journal.mark_running(c, "cpu2")
     journal.finish_evaluation(c, RESULT, SCORES)
     assert sorted(journal.requeue_running()) == [a, b]
-    states = {r["id"]: r["state"] for r in journal.evaluations()}
+    states = {r.id: r.state for r in journal.all_evaluations()}
     assert states == {a: "queued", b: "queued", c: "done", d: "queued"}
-    assert [r["id"] for r in journal.queued()] == [a, b, d]
+    assert [r.id for r in journal.queued()] == [a, b, d]
     assert journal.requeue_running() == []
 
 
@@ -181,19 +183,19 @@ def test_export_evaluations_never_enter_the_queue_of_the_run(journal):
     genome = Genome(source=SOURCE)
     journal.add_genome(genome, "noise", [1])
     export_id = journal.queue_evaluation(genome.id, "export", 99)
-    assert export_id not in [r["id"] for r in journal.queued()]
+    assert export_id not in [r.id for r in journal.queued()]
     journal.mark_running(export_id, "export")
-    journal.finish_evaluation(export_id, {**RESULT, "test_bpb": 2.6}, {})
+    journal.finish_evaluation(export_id, replace(RESULT, test_bpb=2.6), {})
     assert journal.done_evaluations() == []  # noise/child/reeval only
-    assert [r["id"] for r in journal.done_evaluations(("export",))] == [export_id]
+    assert journal.evaluation(export_id).state == "done" and journal.count_done() == 0
 
 
 def test_done_evaluations_come_back_in_completion_order(journal):
     ids = _queued(journal, seeds=(1, 2, 3))
     for eval_id in reversed(ids):
         journal.finish_evaluation(eval_id, RESULT, SCORES)
-    assert [r["id"] for r in journal.done_evaluations()] == list(reversed(ids))
-    assert [r["done_seq"] for r in journal.done_evaluations()] == [1, 2, 3]
+    assert [r.id for r in journal.done_evaluations()] == list(reversed(ids))
+    assert [r.done_seq for r in journal.done_evaluations()] == [1, 2, 3]
 
 
 def test_llm_totals_sum_calls_tokens_and_cost(journal):
@@ -251,8 +253,8 @@ def test_everything_persists_across_close_and_reopen(tmp_path):
     assert again.get_meta("config") == {"evals": 8, "genomes": ["a.py"]}
     assert again.get_meta("missing", "default") == "default"
     assert again.genome(Genome(source=SOURCE).id).source == SOURCE
-    row = again.evaluations("id = ?", (eval_id,))[0]
-    assert (row["state"], row["done_seq"], row["val_bpb"], row["fitness"]) == ("done", 1, 2.5, -2.5)
+    row = again.evaluation(eval_id)
+    assert (row.state, row.done_seq, row.result.val_bpb, row.fitness) == ("done", 1, 2.5, -2.5)
     assert [e["kind"] for e in again.events()] == ["new_best"]
     assert again.llm_totals()["cost_usd"] == 0.5
     assert again.latest_memory() == "note"
@@ -266,10 +268,11 @@ def test_a_writer_killed_without_closing_loses_nothing_it_committed(tmp_path):
 import os
 from evo.genome import Genome
 from evo.journal import Journal
+from gpt.result import SlotResult
 j = Journal({str(path)!r})
 eval_id = j.add_genome(Genome(source={SOURCE!r}), "noise", [1, 2])
 j.mark_running(eval_id, "cpu0")
-j.finish_evaluation(eval_id, {RESULT!r}, {SCORES!r})
+j.finish_evaluation(eval_id, SlotResult(**{RESULT_FIELDS!r}), {SCORES!r})
 j.mark_running(eval_id + 1, "cpu0")
 j.db.execute("BEGIN IMMEDIATE")  # a transaction in flight when the process dies
 j.db.execute("UPDATE evaluations SET state = 'done', done_seq = 99 WHERE id = ?", (eval_id + 1,))
@@ -277,9 +280,9 @@ os._exit(0)
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     j = Journal(path)
-    rows = j.evaluations()
-    assert [(r["state"], r["done_seq"]) for r in rows] == [("done", 1), ("running", None)]
-    assert j.requeue_running() == [rows[1]["id"]]
+    rows = j.all_evaluations()
+    assert [(r.state, r.done_seq) for r in rows] == [("done", 1), ("running", None)]
+    assert j.requeue_running() == [rows[1].id]
     j.close()
 
 

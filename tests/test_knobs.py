@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evo.genome import Genome, OperatorFailure, ParentInfo
+from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo
 from evo.operators.knobs import KnobCrossover, KnobMutation, crossover_knobs, find_knobs, mutate_knobs
 from gpt.errors import UserError
 
@@ -241,3 +241,15 @@ def test_operators_make_genomes_with_provenance_and_a_readable_rationale():
     assert (KnobCrossover.name, KnobCrossover.arity) == ("knob_crossover", 2)
     assert crossed.parents == (seed.id, other.id) and crossed.operator == "knob_crossover"
     assert crossed.source == other.source and crossed.rationale == f"knobs from {other.id}: LEARNING_RATE 0.003 -> 0.001"
+
+
+def test_operators_accept_a_context_and_ignore_it():
+    seed = Genome(source=TINY_CPU)
+    other = Genome(source=TINY_CPU.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-3"))
+    ctx = OperatorContext(noise_floor=0.01, history=({"child": "c", "idea": "lower the lr"},), memory="note")
+    cases = ((KnobMutation(n=2), [ParentInfo(seed)]), (KnobCrossover(), [ParentInfo(seed), ParentInfo(other)]))
+    for op, parents in cases:
+        plain = op(parents, random.Random(3))
+        given = op(parents, random.Random(3), ctx)
+        assert (given.source, given.rationale) == (plain.source, plain.rationale)
+        assert op(parents, random.Random(3), context=None).source == plain.source

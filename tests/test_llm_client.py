@@ -8,7 +8,7 @@ import pytest
 
 from evo.genome import OperatorFailure
 from evo.llm.client import BudgetExhausted, InvalidAnswer, LLMClient, LLMUnavailable, parse_retry_after
-from evo.llm.config import LLMConfig
+from evo.llm_config import LLMConfig
 from llm_server import (LLMServer, Reply, answer, empty, garbage, hang, rate_limited, server_error, truncated,
                         unauthorized)
 
@@ -23,14 +23,39 @@ def server():
         yield s
 
 
-def make(server, tmp_path, models=None, environ=None, **cfg):
+def make(server, tmp_path, models=None, environ=None, client_seed=0, **cfg):
     models = models or [{"model": "m1"}]
     d = {"max_retries": 3, "backoff_s": 0.01, "max_backoff_s": 2.0, **cfg,
          "models": [{"base_url": server.base_url, "api_key_env": KEY_ENV, "timeout_s": 5.0, **m} for m in models]}
     records = []
-    client = LLMClient(LLMConfig.from_dict(d), tmp_path, records.append, random.Random(0),
+    client = LLMClient(LLMConfig.from_dict(d), tmp_path, records.append, random.Random(client_seed),
                        environ={KEY_ENV: KEY} if environ is None else environ)
     return client, records
+
+
+def child_rng(seed, index):
+    """A child's own stream, as the breeder derives it from the run seed and the proposal index."""
+    return random.Random(f"{seed}:{index}")
+
+
+THREE = [{"model": "a", "weight": 2.0, "price_in_per_m": 0.5}, {"model": "b", "weight": 1.0, "price_in_per_m": 2.0},
+         {"model": "c", "weight": 1.0, "price_in_per_m": 8.0}]
+GAIN = {"a": 0.001, "b": 0.004, "c": 0.002}
+
+
+def gain(model, index):
+    return GAIN[model] * (index % 3)  # every third child of any model improves nothing
+
+
+def proposals(client, seed, indices):
+    """Children `indices` of a run: each call draws its model from the child's stream, then the
+    model is rewarded; returns the models chosen."""
+    chosen = []
+    for i in indices:
+        done = client.complete(MESSAGES, "llm_mutation", rng=child_rng(seed, i))
+        client.reward(done.model, gain(done.model, i))
+        chosen.append(done.model)
+    return chosen
 
 
 def test_ok_call_costs_and_journal(server, tmp_path):
@@ -248,6 +273,44 @@ def test_unavailable_model_earns_zero_reward(server, tmp_path):
     with pytest.raises(LLMUnavailable):
         client.complete(MESSAGES, "x")
     assert client.usage()["m1"]["rewards"] == 1 and client.usage()["m1"]["improvement"] == 0.0
+
+
+@pytest.mark.parametrize("selection", ["weight", "ucb"])
+def test_same_child_rngs_and_rewards_choose_the_same_models(tmp_path, selection):
+    with LLMServer(default=lambda request: answer("ok", prompt_tokens=1000, completion_tokens=10)) as server:
+        one, _ = make(server, tmp_path / "one", THREE, client_seed=1, selection=selection)
+        two, _ = make(server, tmp_path / "two", THREE, client_seed=2, selection=selection)
+        chosen = proposals(one, 7, range(12))
+        assert proposals(two, 7, range(12)) == chosen  # the clients' own streams play no part
+        assert len(set(chosen)) >= 2  # the draw decides something
+        assert one.rng.getstate() == random.Random(1).getstate()  # nor are they drawn from
+        if selection == "ucb":
+            assert set(chosen[:3]) == {"a", "b", "c"}  # untried models first
+
+        # interrupted after six children, resumed from the journaled calls and the replayed rewards
+        before, records = make(server, tmp_path / "before", THREE, client_seed=3, selection=selection)
+        head = proposals(before, 7, range(6))
+        after, _ = make(server, tmp_path / "after", THREE, client_seed=4, selection=selection)
+        after.restore(records)
+        for i, model in enumerate(head):
+            after.reward(model, gain(model, i))
+        assert head + proposals(after, 7, range(6, 12)) == chosen
+
+
+def test_without_an_rng_the_client_stream_decides(server, tmp_path):
+    one, _ = make(server, tmp_path, THREE, client_seed=5)
+    two, _ = make(server, tmp_path, THREE, client_seed=5)
+    assert [one.choose_model().model for _ in range(20)] == [two.choose_model().model for _ in range(20)]
+
+
+def test_retries_draw_nothing_from_the_child_rng(server, tmp_path):
+    client, records = make(server, tmp_path, THREE)
+    server.script(server_error(500), server_error(503), answer("fine"))
+    rng, ref = child_rng(7, 0), child_rng(7, 0)
+    done = client.complete(MESSAGES, "x", rng=rng)
+    assert done.model == client.choose_model(ref).model and rng.getstate() == ref.getstate()
+    assert [r["status"] for r in records] == ["server_error", "server_error", "ok"]
+    assert all(r["wait_s"] > 0 for r in records[:2])
 
 
 def test_parse_retry_after_forms():

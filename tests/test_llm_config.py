@@ -1,11 +1,12 @@
 """The [llm] config: every key validated, keys checked at start, flags, the documented example."""
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from evo.llm.config import LLMConfig, ModelConfig
+from evo.llm_config import LLMConfig, ModelConfig
 from gpt.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -13,7 +14,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "llm.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "llm.md"
 
 
 def one_model(**extra):
@@ -146,3 +148,27 @@ def test_documented_section_is_valid(tmp_path):
             assert re.search(rf"^{f.name} = ", block, re.M), f"docs/llm.md does not show llm.{f.name}"
     for f in dataclasses.fields(ModelConfig):
         assert re.search(rf"^{f.name} = ", block, re.M), f"docs/llm.md does not show llm.models[].{f.name}"
+
+
+NO_LLM_PACKAGES = """
+import sys
+
+class Unimportable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("openai", "libcst") or name.split(".")[:2] in (["evo", "llm"], ["evo", "operators"]):
+            raise ImportError("unimportable here: " + name)
+
+sys.meta_path.insert(0, Unimportable())
+from evo.llm_config import LLMConfig
+cfg = LLMConfig.from_dict({"models": [{"model": "m", "api_key_env": ""}], "selection": "ucb", "budget_usd": 2.0})
+assert cfg.enabled and cfg.to_dict()["selection"] == "ucb"
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("evo", "openai", "libcst")))
+"""
+
+
+def test_config_reads_without_openai_libcst_or_the_llm_package():
+    """`evo status` reads a run's typed [llm] config where none of those can be imported."""
+    done = subprocess.run([sys.executable, "-c", NO_LLM_PACKAGES], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['evo', 'evo.llm_config']"

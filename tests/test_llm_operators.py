@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from evo.genome import Genome, OperatorFailure, ParentInfo
-from evo.llm import (EditFailure, LLMClient, LLMConfig, LLMCrossover, LLMMutation, LLMUnavailable, StaticContext,
-                     summarize)
+from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo
+from evo.llm import EditFailure, LLMClient, LLMConfig, LLMCrossover, LLMMutation, LLMUnavailable, summarize
 from evo.llm.prompts import HISTORY_KEYS
 from llm_server import LLMServer, answer, garbage, lr_edit_answer, rate_limited, server_error, unauthorized
 
@@ -30,14 +29,15 @@ def server():
 class Run:
     """A client writing its call journal to run_dir/journal.jsonl, as the loop does."""
 
-    def __init__(self, server, run_dir, **cfg):
+    def __init__(self, server, run_dir, models=("coder",), client_seed=1, **cfg):
         self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.records = []
-        models = [{"model": "coder", "base_url": server.base_url, "api_key_env": KEY_ENV,
-                   "price_in_per_m": 3.0, "price_out_per_m": 15.0, "timeout_s": 5.0}]
+        models = [{"model": name, "base_url": server.base_url, "api_key_env": KEY_ENV,
+                   "price_in_per_m": 3.0, "price_out_per_m": 15.0, "timeout_s": 5.0} for name in models]
         config = LLMConfig.from_dict({"max_retries": 2, "backoff_s": 0.01, "history_rows": 10, **cfg,
                                       "models": models})
-        self.client = LLMClient(config, run_dir, self.record, random.Random(1), environ={KEY_ENV: KEY})
+        self.client = LLMClient(config, run_dir, self.record, random.Random(client_seed), environ={KEY_ENV: KEY})
 
     def record(self, call):
         self.records.append(call)
@@ -59,7 +59,7 @@ def test_mutation_applies_edits(server, tmp_path):
                     "optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, "
                     "betas=(0.9, 0.99))"))
     server.script(answer(text, prompt_tokens=3000, completion_tokens=200))
-    op = LLMMutation(run.client, StaticContext())
+    op = LLMMutation(run.client)
     assert (op.name, op.arity) == ("llm_mutation", 1)
     p = parent()
     child = op([p], random.Random(0))
@@ -83,7 +83,7 @@ def test_crossover_combines_two_parents(server, tmp_path):
     b = parent(TINY.replace("WIDTH = 128", "WIDTH = 192"), bpb=1.90)
     server.script(answer("IDEA: B's width with A's learning rate\nRATIONALE: both helped.\n"
                          + block("WIDTH = 128  # evo: range(32, 512)", "WIDTH = 192  # evo: range(32, 512)")))
-    op = LLMCrossover(run.client, StaticContext())
+    op = LLMCrossover(run.client)
     assert (op.name, op.arity) == ("llm_crossover", 2)
     child = op([b, a], random.Random(0))  # the better parent is A whatever the order
     assert child.source == TINY.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 2e-3").replace("WIDTH = 128",
@@ -100,7 +100,7 @@ def test_edit_that_does_not_apply_is_repaired(server, tmp_path):
     wrong = "IDEA: smaller lr\nRATIONALE: r\n" + block("LEARNING_RATE = 3e-4", "LEARNING_RATE = 1e-3")
     right = "IDEA: smaller lr\nRATIONALE: r\n" + block("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-3")
     server.script(wrong, right)
-    child = LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+    child = LLMMutation(run.client)([parent()], random.Random(0))
     assert child.source == TINY.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-3")
     repair = server.requests[1]["messages"]
     assert repair[:2] == server.requests[0]["messages"]
@@ -118,7 +118,7 @@ def test_edit_that_does_not_apply_is_repaired(server, tmp_path):
 def test_unparseable_or_unchanged_results_get_a_repair_round(server, tmp_path, first, message):
     run = Run(server, tmp_path)
     server.script("IDEA: x\n" + first, "IDEA: y\n" + block("DEPTH = 2", "DEPTH = 3"))
-    child = LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+    child = LLMMutation(run.client)([parent()], random.Random(0))
     assert "DEPTH = 3" in child.source
     assert message in server.requests[1]["messages"][-1]["content"]
 
@@ -128,7 +128,7 @@ def test_edit_that_stays_broken_is_an_operator_failure(server, tmp_path):
     second = "IDEA: again\n" + block("NOT IN THE SCRIPT = 1", "X = 2")
     server.script("IDEA: try\n" + block("LEARNING_RATE = 9", "LEARNING_RATE = 1"), second)
     with pytest.raises(EditFailure) as err:
-        LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+        LLMMutation(run.client)([parent()], random.Random(0))
     assert isinstance(err.value, OperatorFailure)
     assert "after one repair round" in str(err.value) and err.value.response == second
     assert len(err.value.call_ids) == 2 and len(server.requests) == 2
@@ -142,7 +142,7 @@ def test_answer_without_edit_blocks_is_retried(server, tmp_path):
     run = Run(server, tmp_path)
     server.script("I think you should lower the learning rate.",
                   "IDEA: lr\n" + block("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-3"))
-    child = LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+    child = LLMMutation(run.client)([parent()], random.Random(0))
     assert "LEARNING_RATE = 1e-3" in child.source
     assert [r["status"] for r in run.records] == ["invalid", "ok"]
     assert server.requests[0] == server.requests[1]  # the same prompt again, not a repair
@@ -152,7 +152,7 @@ def test_endpoint_faults_drop_the_child(server, tmp_path):
     run = Run(server, tmp_path, max_retries=2)
     server.script(rate_limited(0), server_error(500), garbage())
     with pytest.raises(LLMUnavailable) as err:
-        LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+        LLMMutation(run.client)([parent()], random.Random(0))
     assert isinstance(err.value, OperatorFailure)
     assert [r["status"] for r in run.records] == ["rate_limited", "server_error", "bad_response"]
 
@@ -160,7 +160,25 @@ def test_endpoint_faults_drop_the_child(server, tmp_path):
 def test_wrong_number_of_parents(server, tmp_path):
     run = Run(server, tmp_path)
     with pytest.raises(OperatorFailure, match="needs 2 parent"):
-        LLMCrossover(run.client, StaticContext())([parent()], random.Random(0))
+        LLMCrossover(run.client)([parent()], random.Random(0))
+
+
+def test_the_model_is_drawn_from_the_child_rng(tmp_path):
+    with LLMServer(default=lr_edit_answer) as server:
+        runs = [Run(server, tmp_path / name, models=("coder", "writer"), client_seed=seed)
+                for name, seed in (("one", 1), ("two", 2))]
+        chosen, noted = [], []
+        for run in runs:
+            models = []
+            for i in range(8):
+                op = LLMCrossover(run.client) if i % 4 == 3 else LLMMutation(run.client)
+                parents = [parent(), parent(TINY.replace("DEPTH = 2", "DEPTH = 3"), bpb=1.99)][:op.arity]
+                models.append(run.client.origin_of(op(parents, random.Random(i)).id)["model"])
+            chosen.append(models)
+            summarize(run.client, [], rng=random.Random(11))
+            noted.append(run.records[-1]["model"])
+    assert chosen[0] == chosen[1] and set(chosen[0]) == {"coder", "writer"}
+    assert noted[0] == noted[1]
 
 
 def test_history_memory_and_failure_reach_the_prompt(server, tmp_path):
@@ -169,16 +187,21 @@ def test_history_memory_and_failure_reach_the_prompt(server, tmp_path):
                 "status": "ok"} for i in range(15)]
     history.append({"child": "dead00000000", "operator": "llm_mutation", "idea": "fused kernel", "delta_val_bpb": None,
                     "status": "failed"})
-    ctx = StaticContext(history=history, memory="What worked: warmdown 0.4.", noise_floor=0.01)
-    server.script("IDEA: x\n" + block("DEPTH = 2", "DEPTH = 3"))
+    ctx = OperatorContext(history=tuple(history), memory="What worked: warmdown 0.4.", noise_floor=0.01)
+    server.script("IDEA: x\n" + block("DEPTH = 2", "DEPTH = 3"), "IDEA: x\n" + block("DEPTH = 2", "DEPTH = 3"))
     p = ParentInfo(genome=Genome(TINY), mean_val_bpb=2.0, n_evals=1,
                    last_child_failure=("export_error", "Traceback ...\nExportError: data-dependent shape"))
-    LLMMutation(run.client, ctx)([p], random.Random(0))
+    op = LLMMutation(run.client)
+    op([p], random.Random(0), ctx)
     prompt = server.prompts()[0]
     assert "idea number 14" in prompt and "-0.0140" in prompt and "fused kernel" in prompt
     assert "idea number 5" not in prompt  # only the last history_rows = 10
     assert "What worked: warmdown 0.4." in prompt and "noise floor: 0.0100" in prompt
     assert "export_error" in prompt and "ExportError: data-dependent shape" in prompt
+    op([p], random.Random(0))  # the context belongs to the call: none given, none shown
+    bare = server.prompts()[1]
+    assert "idea number 14" not in bare and "What worked: warmdown 0.4." not in bare
+    assert "ExportError: data-dependent shape" in bare
 
 
 def test_no_heldout_test_or_thresholdout_value_in_any_prompt(server, tmp_path):
@@ -200,12 +223,12 @@ def test_no_heldout_test_or_thresholdout_value_in_any_prompt(server, tmp_path):
     rows = [StrictRow(child=f"c{i:011d}", operator="llm_mutation", idea=f"idea {i}", delta_val_bpb=-0.002,
                       status="ok", **sentinels, probes={"canary": secret_texts[0], "detail": secret_texts[1]})
             for i in range(5)]
-    ctx = StaticContext(history=rows, memory="keep the warmdown", noise_floor=0.003)
+    ctx = OperatorContext(history=tuple(rows), memory="keep the warmdown", noise_floor=0.003)
     run = Run(server, tmp_path)
     server.default = lr_edit_answer
     a, b = parent(), parent(TINY.replace("DEPTH = 2", "DEPTH = 3"), bpb=1.99)
-    LLMMutation(run.client, ctx)([a], random.Random(0))
-    LLMCrossover(run.client, ctx)([a, b], random.Random(0))
+    LLMMutation(run.client)([a], random.Random(0), ctx)
+    LLMCrossover(run.client)([a, b], random.Random(0), context=ctx)
     summarize(run.client, rows, previous="old note")
     assert StrictRow.read <= set(HISTORY_KEYS)
     forms = set(secret_texts)
@@ -224,9 +247,9 @@ def test_api_key_in_no_file_under_the_run_directory(tmp_path):
         run = Run(server, tmp_path, max_retries=1)
         server.script(unauthorized(echo_key=True))  # a server that repeats the key in its error
         with pytest.raises(LLMUnavailable):
-            LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+            LLMMutation(run.client)([parent()], random.Random(0))
         server.script(garbage(), "IDEA: x\n" + block("NOPE", "x"))  # garbage, then a broken edit and its repair
-        child = LLMMutation(run.client, StaticContext())([parent()], random.Random(0))
+        child = LLMMutation(run.client)([parent()], random.Random(0))
         (tmp_path / "children").mkdir()
         (tmp_path / "children" / f"{child.id}.py").write_text(child.source + "\n# " + child.rationale)
         note = summarize(run.client, [{"child": child.id, "operator": "llm_mutation", "idea": "x",
@@ -257,11 +280,11 @@ def test_default_answer_serves_any_tiny_cpu_prompt(tmp_path):
         run = Run(server, tmp_path)
         p = parent()
         for _ in range(4):
-            child = LLMMutation(run.client, StaticContext())([p], random.Random(0))
+            child = LLMMutation(run.client)([p], random.Random(0))
             assert child.source != p.genome.source
             assert child.source.replace(child.source.split("LEARNING_RATE = ")[1].split("\n")[0], "") == \
                 p.genome.source.replace(p.genome.source.split("LEARNING_RATE = ")[1].split("\n")[0], "")
             p = parent(child.source)
-        child = LLMCrossover(run.client, StaticContext())([parent(), p], random.Random(0))
+        child = LLMCrossover(run.client)([parent(), p], random.Random(0))
         assert child.source not in (TINY, p.genome.source)
         assert "What worked" in summarize(run.client, [])

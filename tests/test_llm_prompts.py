@@ -1,9 +1,8 @@
 """Prompt templates: the packaged brief, user briefs, template overrides, and what a prompt may contain."""
 import pytest
 
-from evo.genome import Genome, ParentInfo
-from evo.llm.config import LLMConfig
-from evo.llm.operators import RunContext, StaticContext
+from evo.genome import Genome, OperatorContext, ParentInfo
+from evo.llm_config import LLMConfig
 from evo.llm.prompts import PromptBook, history_table, metrics_text
 from gpt.errors import UserError
 
@@ -95,8 +94,9 @@ def test_repair_and_summary():
     assert "latest 1 children" in messages[1]["content"] and "-0.5000" in messages[1]["content"]
 
 
-def test_static_context_is_a_run_context():
-    ctx = StaticContext(history=[{"child": str(i)} for i in range(5)], memory="m", noise_floor=0.1)
-    assert isinstance(ctx, RunContext)
+def test_operator_context_gives_recent_history_memory_and_noise_floor():
+    ctx = OperatorContext(history=tuple({"child": str(i)} for i in range(5)), memory="m", noise_floor=0.1)
     assert [r["child"] for r in ctx.recent_history(2)] == ["3", "4"] and ctx.recent_history(0) == []
-    assert ctx.latest_memory() == "m"
+    assert len(ctx.recent_history(99)) == 5 and (ctx.memory, ctx.noise_floor) == ("m", 0.1)
+    empty = OperatorContext()
+    assert (empty.recent_history(10), empty.memory, empty.noise_floor) == ([], None, None)

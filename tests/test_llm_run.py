@@ -1,7 +1,6 @@
 """End to end: `evo run` with an LLM model served by a real OpenAI-compatible server on 127.0.0.1."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from evo import config as cfg
-from evo.evolve import Evolution
+from evo.state import RunState
 from evo.journal import Journal
 
 EVALS = 4   # 2 noise evaluations of the seed, then children (and re-evaluations)
@@ -209,11 +209,9 @@ def test_a_run_killed_at_random_moments_resumes_to_exactly_the_evaluations_it_wo
         assert by_id[eval_id]["attempt"] >= 2 or by_id[eval_id]["state"] == "queued"
 
     # the scores journaled across the kills are exactly what one clean replay of the journal gives
-    saved = journal.get_meta("config")
-    config = cfg.RunConfig(**{**saved, "genomes": tuple(saved["genomes"])})
-    clean = Evolution(run_dir, config, journal, journal.get_meta("dataset"), quiet=True, operators=False)
+    clean = RunState(cfg.RunConfig.from_dict(journal.get_meta("config")), journal)
     for row in journal.done_evaluations():
-        scores, _ = clean.fold(row, json.loads(row["result"]))
+        scores, _ = clean.fold(row, row.result)
         assert (scores.get("answer"), scores.get("revealed"), scores.get("penalty"), scores.get("fitness")) == \
-            (row["answer"], row["revealed"], row["penalty"], row["fitness"]), f"evaluation {row['id']} ({context})"
+            (row.answer, row.revealed, row.penalty, row.fitness), f"evaluation {row.id} ({context})"
     journal.close()

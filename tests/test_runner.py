@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from conftest import GENOMES, REPO
+from gpt import result as R
+from gpt.result import SlotResult
 from gpt.runner import SlotJob, run_slot
 
 SECRET = "sk-test-secret"
 
 
-def slot(genome: str, dataset, out: Path, unchecked: bool = False, **overrides) -> dict:
+def slot(genome: str, dataset, out: Path, unchecked: bool = False, **overrides) -> SlotResult:
     """Run one slot of a fixture genome on the small dataset, with small budgets and one thread.
 
     The grace is generous: a slot ends when its genome exits, and on a busy two-core machine
@@ -37,7 +39,8 @@ def slot(genome: str, dataset, out: Path, unchecked: bool = False, **overrides) 
         kwargs["static_checks"] = False
     kwargs.update(overrides)
     result = run_slot(SlotJob(**kwargs))
-    assert json.loads((out / "result.json").read_text()) == result
+    written = json.loads((out / "result.json").read_text())
+    assert written == result.to_dict() and SlotResult.from_dict(written) == result
     return result
 
 
@@ -65,8 +68,8 @@ def test_a_genome_that_ignores_the_clock_is_killed_at_budget_plus_grace_with_its
     start = time.monotonic()
     result = slot("loops_forever.py", small_dataset, tmp_path, unchecked=True, budget_s=budget, grace_s=grace)
     elapsed = time.monotonic() - start
-    assert (result["status"], result["reason"]) == ("failed", "timeout")
-    assert budget + grace - 0.1 <= result["train_seconds"] <= budget + grace + 5
+    assert (result.status, result.reason) == ("failed", "timeout")
+    assert budget + grace - 0.1 <= result.train_seconds <= budget + grace + 5
     assert elapsed < budget + grace + 15  # the whole slot, scorer start and shutdown included
     children = json.loads((tmp_path / "work" / "children.json").read_text())  # they did start
     marker = children["marker"]
@@ -81,16 +84,16 @@ def test_a_genome_that_ignores_the_clock_is_killed_at_budget_plus_grace_with_its
 
 def test_a_genome_that_raises_fails_with_crash_and_its_traceback(small_dataset, tmp_path):
     result = slot("raises.py", small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "crash")
-    assert result["returncode"] != 0
-    assert "RuntimeError: genome exploded on purpose" in result["stderr_tail"]
+    assert (result.status, result.reason) == ("failed", "crash")
+    assert result.returncode != 0
+    assert "RuntimeError: genome exploded on purpose" in result.stderr_tail
 
 
 def test_a_genome_that_never_submits_fails_with_no_submit(small_dataset, tmp_path):
     result = slot("no_submit.py", small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "no_submit")
-    assert result["returncode"] == 0
-    assert "forgot to submit" in result["stderr_tail"]
+    assert (result.status, result.reason) == ("failed", "no_submit")
+    assert result.returncode == 0
+    assert "forgot to submit" in result.stderr_tail
 
 
 @pytest.mark.parametrize("genome, says", [
@@ -99,9 +102,9 @@ def test_a_genome_that_never_submits_fails_with_no_submit(small_dataset, tmp_pat
 ])
 def test_a_model_that_cannot_be_exported_fails_with_export_error(small_dataset, tmp_path, genome, says):
     result = slot(genome, small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "export_error")
-    assert says in result["detail"]
-    assert says in result["stderr_tail"]
+    assert (result.status, result.reason) == ("failed", "export_error")
+    assert says in result.detail
+    assert says in result.stderr_tail
     assert not (tmp_path / "work" / "program.json").exists()
 
 
@@ -118,11 +121,11 @@ def test_api_keys_of_the_caller_never_reach_the_genome_and_an_honest_slot_is_sco
     assert "OPENAI_API_KEY" not in environ and "EVO_TEST_PARENT_ONLY" not in environ
     assert not any(SECRET in key or SECRET in value for key, value in environ.items())
     # the same slot, scored: a bigram model trained on train is honest on every probe
-    assert (result["status"], result["reason"]) == ("ok", None), result
-    assert (result["causality"], result["canary"], result["stateless"]) == ("pass", "pass", "pass")
-    assert math.isfinite(result["val_bpb"]) and 2.0 < result["val_bpb"] < 8.5
-    assert result["steps"] is not None and result["steps"] >= 5  # parsed from its `steps:` line
-    assert result["stderr_tail"] == ""
+    assert (result.status, result.reason) == ("ok", None), result
+    assert (result.causality, result.canary, result.stateless) == ("pass", "pass", "pass")
+    assert math.isfinite(result.val_bpb) and 2.0 < result.val_bpb < 8.5
+    assert result.steps is not None and result.steps >= 5  # parsed from its `steps:` line
+    assert result.stderr_tail == ""
 
 
 # ---------------------------------------------------------------- the seed genome, end to end
@@ -149,3 +152,57 @@ def test_the_seed_genome_run_by_hand_prints_its_val_bpb(stdlib_dataset, data_env
     match = re.search(r"^val_bpb:\s+(\d+\.\d+)$", proc.stdout, re.M)
     assert match, proc.stdout + proc.stderr[-3000:]
     assert 0.5 < float(match.group(1)) < 8.0
+
+
+# ---------------------------------------------------------------- the result schema (no process)
+
+
+def test_the_result_schema_names_the_journal_columns_and_the_summary_in_their_order():
+    assert R.JOURNAL_COLUMNS == ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "train_seconds",
+                                 "slot_seconds", "eval_seconds", "sandbox")
+    assert R.SUMMARY_FIELDS == ("status", "reason", "val_bpb", "heldout_bpb", "test_bpb", "scored_tokens",
+                                "causality", "canary", "stateless", "budget", "train_seconds", "slot_seconds",
+                                "eval_seconds", "startup_seconds", "export_seconds", "cpu_seconds", "steps")
+    assert set(R.JOURNAL_COLUMNS) | set(R.SUMMARY_FIELDS) | set(R.SCORER_FIELDS) <= set(R.FIELDS)
+    assert SlotResult().status == "failed" and SlotResult().failed  # a result that says nothing is never ok
+
+
+def test_a_result_round_trips_through_json_and_reads_old_results_with_other_keys():
+    result = SlotResult(status="ok", val_bpb=3.25, probes={"budget": {"pass": True}}, static_findings=[{"rule": "x"}],
+                        limits={"memory_mb": 100}, steps=7)
+    assert SlotResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    old = {"status": "flagged", "reason": "canary", "val_bpb": 1.0, "a_key_of_an_older_version": 5}
+    back = SlotResult.from_dict(old)
+    assert (back.status, back.reason, back.val_bpb, back.test_bpb, back.probes) == ("flagged", "canary", 1.0, None, {})
+    assert back.flagged and not back.ok and not back.failed and "a_key_of_an_older_version" not in back.to_dict()
+
+
+def test_flagging_adds_a_reason_to_those_a_result_has():
+    result = SlotResult(status="flagged", reason="causality")
+    result.flag("budget")
+    assert (result.status, result.reason, result.reasons) == ("flagged", "causality,budget", ["causality", "budget"])
+    fresh = SlotResult(status="ok")
+    fresh.flag("budget")
+    assert (fresh.status, fresh.reason) == ("flagged", "budget")
+
+
+def test_the_runner_takes_only_the_scorers_own_fields_from_its_answer():
+    from gpt.scorer import scorer_result
+
+    answer = {"status": "ok", "reason": None, "val_bpb": 2.5, "budget": "pass", "sandbox": "bwrap",
+              "train_seconds": 0.0, "probes": {"causality": {"pass": True}}}
+    result = scorer_result(0, json.dumps(answer), "")
+    assert (result.status, result.val_bpb, result.probes) == ("ok", 2.5, {"causality": {"pass": True}})
+    assert (result.budget, result.sandbox, result.train_seconds) == (None, None, None)  # the runner's, not the scorer's
+    assert scorer_result(0, json.dumps({"status": "great"}), "").reason == "score_error"
+    assert scorer_result(0, "not json", "").reason == "score_error"
+    assert scorer_result(-9, "", "").reason == "score_memory"
+
+
+def test_one_device_check():
+    import torch
+
+    from gpt import devices
+
+    assert devices.visible_gpus() == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert devices.default_device() == ("cuda" if devices.visible_gpus() else "cpu")

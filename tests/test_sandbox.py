@@ -178,7 +178,7 @@ def test_bwrap_confines_files_network_environment(tmp_path, run_genome, listener
     finally:
         gpt_file.unlink(missing_ok=True)
     p = probes(stdout)
-    assert result["sandbox"] == "bwrap" and result["reason"] == "no_submit"
+    assert result.sandbox == "bwrap" and result.reason == "no_submit"
     # the train split and nothing else of the dataset
     assert p["train"] == ["ok", 64]
     for name in ("manifest", "val", "test"):
@@ -211,7 +211,7 @@ def test_netns_blocks_network_and_secrets(tmp_path, run_genome, listener, monkey
     src, _ = _escape_source(tmp_path, listener, tmp_path / "not-the-repo.py")  # netns does not protect files
     result, stdout, _ = run_genome(src, "netns")
     p = probes(stdout)
-    assert result["sandbox"] == "netns"
+    assert result.sandbox == "netns"
     assert p["caps"][0] == "ok" and set(p["caps"][1]) == {"0" * 16}  # no capability to undo the namespaces
     assert p["train"] == ["ok", 64]
     assert p["connect"][0] != "ok" and _no_connection(listener)
@@ -225,7 +225,7 @@ def test_none_still_scrubs_the_environment(tmp_path, run_genome, listener, monke
     src, _ = _escape_source(tmp_path, listener, tmp_path / "not-the-repo.py")
     result, stdout, _ = run_genome(src, "none")
     p = probes(stdout)
-    assert result["sandbox"] == "none"
+    assert result.sandbox == "none"
     assert p["secret"] == ["ok", None]
     assert set(p["env"][1]) <= EXPECTED_ENV
 
@@ -259,8 +259,8 @@ def test_daemons_do_not_outlive_the_slot(run_genome, level):
     mark = f"evo-daemon-{uuid.uuid4().hex}"
     result, stdout, _ = run_genome(DAEMONS.format(mark=mark, linger=0), level)
     assert "spawned" in stdout
-    assert result["reason"] == "no_submit"
-    assert result["leftover_processes"] == 2
+    assert result.reason == "no_submit"
+    assert result.leftover_processes == 2
     assert processes_with(mark) == []
 
 
@@ -282,12 +282,12 @@ def test_daemons_do_not_outlive_the_slot_even_when_the_genome_kills_its_supervis
     mark = f"evo-daemon-{uuid.uuid4().hex}"
     result, stdout, _ = run_genome(KILL_SUPERVISOR.format(mark=mark, linger=0), level)
     assert "spawned" in stdout
-    print(level, stdout.strip().splitlines()[-1], "escaped:", result["escaped_processes"])
-    assert result["status"] == "failed"
+    print(level, stdout.strip().splitlines()[-1], "escaped:", result.escaped_processes)
+    assert result.status == "failed"
     assert processes_with(mark) == []
     if level == "none":
         assert "killing the supervisor" in stdout
-        assert result["escaped_processes"] >= 2  # both daemons got away from it, and were caught here
+        assert result.escaped_processes >= 2  # both daemons got away from it, and were caught here
     # dead processes re-parented to the runner are reaped by its janitor (run at every slot's start and end)
     time.sleep(0.5)
     sandbox.reap_orphans()
@@ -308,8 +308,8 @@ def test_timeout_kills_the_genome_and_its_daemons(run_genome, level):
     mark = f"evo-daemon-{uuid.uuid4().hex}"
     result, stdout, _ = run_genome(DAEMONS.format(mark=mark, linger=120), level, budget_s=1.0, grace_s=1.0)
     assert "spawned" in stdout
-    assert result["reason"] == "timeout"
-    assert result["train_seconds"] < 10
+    assert result.reason == "timeout"
+    assert result.train_seconds < 10
     assert processes_with(mark) == []
 
 
@@ -324,10 +324,10 @@ def test_a_planted_link_in_the_work_dir_is_flagged_not_followed(run_genome, smal
     os.symlink(os.path.join(dataset, "manifest.json"), {name!r})
     """
     result, _, _ = run_genome(src, AVAILABLE[0])
-    assert (result["status"], result["reason"]) == ("flagged", "artifact_link"), result
-    assert name in result["detail"]
+    assert (result.status, result.reason) == ("flagged", "artifact_link"), result
+    assert name in result.detail
     manifest = json.loads((small_dataset.path / "manifest.json").read_text())
-    assert manifest["canaries"]["val"][0] not in json.dumps(result)
+    assert manifest["canaries"]["val"][0] not in json.dumps(result.to_dict())
 
 
 # ---------------------------------------------------------------- limits
@@ -336,8 +336,8 @@ def test_a_planted_link_in_the_work_dir_is_flagged_not_followed(run_genome, smal
 @pytest.mark.parametrize("level", AVAILABLE)
 def test_memory_cap_per_process(run_genome, level):
     result, _, _ = run_genome("x = bytearray(400 * 2**20)\n", level, memory_mb=200)
-    assert result["status"] == "failed" and result["reason"] == "memory", result
-    assert result["limits"]["memory_mb"] == 200
+    assert result.status == "failed" and result.reason == "memory", result
+    assert result.limits["memory_mb"] == 200
 
 
 def test_memory_cap_over_all_processes(run_genome):
@@ -351,7 +351,7 @@ def test_memory_cap_over_all_processes(run_genome):
     """
     t = time.monotonic()
     result, _, _ = run_genome(src, AVAILABLE[0], memory_mb=300)
-    assert result["reason"] == "memory" and "over memory_mb=300" in result["detail"]
+    assert result.reason == "memory" and "over memory_mb=300" in result.detail
     assert time.monotonic() - t < 20
 
 
@@ -365,7 +365,7 @@ def test_process_cap(run_genome):
     time.sleep(60)
     """
     result, _, _ = run_genome(src, "none", max_procs=5)
-    assert result["reason"] == "process_limit", result
+    assert result.reason == "process_limit", result
     assert processes_with(mark) == []
 
 
@@ -376,13 +376,13 @@ def test_disk_cap_on_the_work_dir(run_genome):
             f.write(b"x" * 700_000)
     """
     result, _, _ = run_genome(src, AVAILABLE[0], disk_mb=1)
-    assert result["reason"] == "disk_limit", result
+    assert result.reason == "disk_limit", result
 
 
 def test_disk_cap_per_file(run_genome):
     result, _, _ = run_genome('open("big.bin", "wb").write(b"x" * 3 * 2**20)\n', AVAILABLE[0], disk_mb=1)
-    assert result["reason"] == "disk_limit", result
-    assert "File too large" in result["stderr_tail"]
+    assert result.reason == "disk_limit", result
+    assert "File too large" in result.stderr_tail
 
 
 # ---------------------------------------------------------------- static checks in the runner
@@ -391,20 +391,20 @@ def test_disk_cap_per_file(run_genome):
 def test_rejected_genome_costs_no_slot(run_genome):
     src = "import socket\nimport os\nkey = os.environ['OPENAI_API_KEY']\n"
     result, _, out = run_genome(src, "auto", static_checks=True)
-    assert result["status"] == "failed" and result["reason"] == "rejected"
-    assert "line 1" in result["detail"] and "line 3" in result["detail"]
-    assert result["slot_seconds"] < 1.0 and result["train_seconds"] == 0.0
+    assert result.status == "failed" and result.reason == "rejected"
+    assert "line 1" in result.detail and "line 3" in result.detail
+    assert result.slot_seconds < 1.0 and result.train_seconds == 0.0
     assert not (out / "work").exists() and not (out / "stdout.txt").exists()  # no process was started
-    rules = {(f["rule"], f["line"], f["severity"]) for f in result["static_findings"]}
+    rules = {(f["rule"], f["line"], f["severity"]) for f in result.static_findings}
     assert {("network", 1, "reject"), ("environ", 3, "reject")} <= rules
     assert json.loads((out / "result.json").read_text())["reason"] == "rejected"
-    assert result["sandbox"] == AVAILABLE[0]
+    assert result.sandbox == AVAILABLE[0]
 
 
 def test_warnings_are_recorded_and_do_not_reject(run_genome):
     result, stdout, _ = run_genome("print(eval('6 * 7'))\n", "auto", static_checks=True)
-    assert result["reason"] == "no_submit" and "42" in stdout
-    assert [(f["rule"], f["line"], f["severity"]) for f in result["static_findings"]] == [("exec_eval", 1, "warn")]
+    assert result.reason == "no_submit" and "42" in stdout
+    assert [(f["rule"], f["line"], f["severity"]) for f in result.static_findings] == [("exec_eval", 1, "warn")]
 
 
 # ---------------------------------------------------------------- the honest genome
@@ -415,11 +415,11 @@ def _tiny(small_dataset, tmp_path, level):
                   out_dir=str(tmp_path / f"tiny-{level}"), budget_s=2.0, grace_s=60.0, sandbox=level,
                   eval_tokens=2048, threads=2)
     result = run_slot(job)
-    assert result["status"] == "ok", result.get("stderr_tail") or result
-    assert result["sandbox"] == sandbox.resolve_level(level)
-    assert result["static_findings"] == []
-    assert result["limits"]["memory_mb"] == sandbox.default_memory_mb()  # the default cap does not break torch
-    assert result["leftover_processes"] == 0
+    assert result.status == "ok", result.stderr_tail or result
+    assert result.sandbox == sandbox.resolve_level(level)
+    assert result.static_findings == []
+    assert result.limits["memory_mb"] == sandbox.default_memory_mb()  # the default cap does not break torch
+    assert result.leftover_processes == 0
     return result
 
 

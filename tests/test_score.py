@@ -7,7 +7,6 @@ from the saved artifact.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from gpt import artifact
 from gpt import score as S
 from gpt.lab import export_model
+from gpt.result import SCORER_FIELDS, SlotResult
 
 SEQ_LEN = 64
 EVAL_TOKENS = 4096
@@ -40,12 +40,12 @@ def request(artifact: str, dataset, **extra) -> dict:
             "device": "cpu", "probe_seed": 0, **extra}
 
 
-def score_model(model: nn.Module, dataset, tmp_path, **extra) -> dict:
+def score_model(model: nn.Module, dataset, tmp_path, **extra) -> SlotResult:
     return S.score(request(save(model, tmp_path / "artifact"), dataset, **extra))
 
 
-def reasons(result: dict) -> list[str]:
-    return (result.get("reason") or "").split(",")
+def reasons(result: SlotResult) -> list[str]:
+    return (result.reason or "").split(",")
 
 
 def scored_val_targets(tokens: np.ndarray) -> np.ndarray:
@@ -215,19 +215,21 @@ def test_uniform_logits_score_exactly_8_bits_per_byte_in_the_scorer_process(smal
     proc = subprocess.run([sys.executable, "-m", "gpt.score"], input=json.dumps(request(artifact, small_dataset, test=True)),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    answer = json.loads(proc.stdout)
+    assert set(answer) <= set(SCORER_FIELDS)  # the scorer answers only what it measures
+    result = SlotResult.from_dict(answer)
     for split in ("val", "heldout", "test"):
-        assert result[f"{split}_bpb"] == pytest.approx(8.0, abs=1e-6)
-    assert (result["status"], result["reason"]) == ("ok", None)
-    assert (result["causality"], result["canary"], result["stateless"]) == ("pass", "pass", "pass")
+        assert getattr(result, f"{split}_bpb") == pytest.approx(8.0, abs=1e-6)
+    assert (result.status, result.reason) == ("ok", None)
+    assert (result.causality, result.canary, result.stateless) == ("pass", "pass", "pass")
     for split in ("val", "heldout", "test"):
-        assert result["probes"]["canary"][split]["control_bits"] == pytest.approx(8.0, abs=1e-6)
-    assert result["scoring"]["val_tokens"] == result["scored_tokens"] > 0
+        assert result.probes["canary"][split]["control_bits"] == pytest.approx(8.0, abs=1e-6)
+    assert result.scoring["val_tokens"] == result.scored_tokens > 0
 
 
 def test_test_split_is_scored_only_when_asked(small_dataset, tmp_path):
     result = score_model(ConstantLogits(torch.zeros(VOCAB)), small_dataset, tmp_path)
-    assert "test_bpb" not in result and result["val_bpb"] == pytest.approx(8.0, abs=1e-6)
+    assert result.test_bpb is None and result.val_bpb == pytest.approx(8.0, abs=1e-6)
 
 
 def test_unigram_model_scores_the_empirical_entropy_of_the_scored_val_bytes(small_dataset, tmp_path):
@@ -239,7 +241,7 @@ def test_unigram_model_scores_the_empirical_entropy_of_the_scored_val_bytes(smal
     logits = np.where(counts > 0, np.log(np.maximum(counts, 1) / counts.sum()), -1e4)
     result = score_model(ConstantLogits(logits), small_dataset, tmp_path)
     assert 3.0 < entropy < 7.0  # real text, not a degenerate split
-    assert result["val_bpb"] == pytest.approx(entropy, rel=1e-6)
+    assert result.val_bpb == pytest.approx(entropy, rel=1e-6)
 
 
 # ---------------------------------------------------------------- causality
@@ -247,28 +249,28 @@ def test_unigram_model_scores_the_empirical_entropy_of_the_scored_val_bytes(smal
 
 def test_causality_probe_passes_an_honest_causal_attention_model(small_dataset, tmp_path):
     result = score_model(OneAttention(causal=True), small_dataset, tmp_path)
-    assert (result["status"], result["causality"]) == ("ok", "pass")
-    assert result["probes"]["causality"]["max_prefix_change"] <= S.CAUSALITY_TOL
+    assert (result.status, result.causality) == ("ok", "pass")
+    assert result.probes["causality"]["max_prefix_change"] <= S.CAUSALITY_TOL
 
 
 def test_causality_probe_fails_attention_that_is_not_causal(small_dataset, tmp_path):
     result = score_model(OneAttention(causal=False), small_dataset, tmp_path)
-    assert result["status"] == "flagged" and "causality" in reasons(result)
-    assert result["causality"] == "fail"
-    assert result["probes"]["causality"]["max_prefix_change"] > 10 * S.CAUSALITY_TOL
+    assert result.status == "flagged" and "causality" in reasons(result)
+    assert result.causality == "fail"
+    assert result.probes["causality"]["max_prefix_change"] > 10 * S.CAUSALITY_TOL
 
 
 def test_causality_probe_fails_features_averaged_over_the_whole_sequence(small_dataset, tmp_path):
     result = score_model(SequenceMean(), small_dataset, tmp_path)
-    assert result["status"] == "flagged" and "causality" in reasons(result)
-    assert result["probes"]["causality"]["max_prefix_change"] > 10 * S.CAUSALITY_TOL
+    assert result.status == "flagged" and "causality" in reasons(result)
+    assert result.probes["causality"]["max_prefix_change"] > 10 * S.CAUSALITY_TOL
 
 
 # ---------------------------------------------------------------- canaries
 
 
-def canary_summary(result: dict) -> dict:
-    c = result["probes"]["canary"]
+def canary_summary(result: SlotResult) -> dict:
+    c = result.probes["canary"]
     return {s: (round(c[s]["control_bits"], 3), round(c[s]["planted_bits"], 3), round(c[s]["gap_bits"], 3),
                 round(c[s]["stderr"], 3)) for s in ("val", "heldout")}
 
@@ -276,18 +278,18 @@ def canary_summary(result: dict) -> dict:
 def test_canary_probe_fails_a_model_that_memorized_val(small_dataset, tmp_path):
     memorizer = score_model(HashedNgram.fit(small_dataset.tokens("val")), small_dataset, tmp_path)
     print("memorizer canaries (control; planted, gap, s.e.):", canary_summary(memorizer))
-    assert memorizer["status"] == "flagged" and reasons(memorizer) == ["canary"]
-    probe = memorizer["probes"]["canary"]
+    assert memorizer.status == "flagged" and reasons(memorizer) == ["canary"]
+    probe = memorizer.probes["canary"]
     assert probe["val"]["pass"] is False and probe["val"]["gap_bits"] > 5.0
     assert probe["heldout"]["pass"] is True  # it never saw heldout: its canaries look like the controls
-    assert memorizer["val_bpb"] < memorizer["heldout_bpb"] - 1.0  # what makes the probe necessary
+    assert memorizer.val_bpb < memorizer.heldout_bpb - 1.0  # what makes the probe necessary
 
 
 def test_canary_probe_passes_the_same_model_fitted_on_train_only(small_dataset, tmp_path):
     honest = score_model(HashedNgram.fit(small_dataset.tokens("train")), small_dataset, tmp_path)
     print("honest canaries (control; planted, gap, s.e.):", canary_summary(honest))
-    assert (honest["status"], honest["canary"]) == ("ok", "pass")
-    assert honest["probes"]["canary"]["val"]["pass"] and honest["probes"]["canary"]["heldout"]["pass"]
+    assert (honest.status, honest.canary) == ("ok", "pass")
+    assert honest.probes["canary"]["val"]["pass"] and honest.probes["canary"]["heldout"]["pass"]
 
 
 @pytest.mark.slow
@@ -296,8 +298,8 @@ def test_canary_probe_fails_a_small_transformer_trained_300_steps_on_val(small_d
     # Its gap is ~0.3 bits at ~8 s.e.: the realistic case CANARY_MIN_GAP_BITS is tuned to catch.
     cheat = score_model(train_tiny_gpt(small_dataset.tokens("val"), steps=300), small_dataset, tmp_path)
     print("val-trained GPT canaries (control; planted, gap, s.e.):", canary_summary(cheat))
-    assert cheat["canary"] == "fail" and cheat["probes"]["canary"]["val"]["pass"] is False
-    assert cheat["probes"]["canary"]["heldout"]["pass"] is True
+    assert cheat.canary == "fail" and cheat.probes["canary"]["val"]["pass"] is False
+    assert cheat.probes["canary"]["heldout"]["pass"] is True
 
 
 # ---------------------------------------------------------------- statelessness and bad outputs
@@ -305,14 +307,14 @@ def test_canary_probe_fails_a_small_transformer_trained_300_steps_on_val(small_d
 
 def test_a_model_that_changes_a_buffer_in_forward_is_refused_before_it_is_scored(small_dataset, tmp_path):
     result = score_model(CountsCalls(), small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
-    assert "changes its buffers" in result["detail"] and "val_bpb" not in result
+    assert (result.status, result.reason) == ("failed", "bad_artifact")
+    assert "changes its buffers" in result.detail and result.val_bpb is None
 
 
 def test_statelessness_passes_a_pure_model(small_dataset, tmp_path):
     result = score_model(SequenceMean(), small_dataset, tmp_path)  # not causal, but pure
-    probe = result["probes"]["stateless"]
-    assert result["stateless"] == "pass" and probe["graph_mutations"] == [] and probe["repeat_drift"] == 0.0
+    probe = result.probes["stateless"]
+    assert result.stateless == "pass" and probe["graph_mutations"] == [] and probe["repeat_drift"] == 0.0
 
 
 class WrongVocab(nn.Module):
@@ -345,28 +347,28 @@ class DictOutput(nn.Module):
 @pytest.mark.parametrize("model_cls", [WrongVocab, LastPositionOnly])
 def test_model_returning_anything_but_logits_of_shape_b_t_vocab_fails_with_bad_output(small_dataset, tmp_path, model_cls):
     result = score_model(model_cls(), small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "bad_output")
-    assert "expected logits of shape" in result["detail"]
+    assert (result.status, result.reason) == ("failed", "bad_output")
+    assert "expected logits of shape" in result.detail
 
 
 def test_a_model_returning_a_dict_is_refused_as_a_bad_artifact_before_it_runs(small_dataset, tmp_path):
     result = score_model(DictOutput(), small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
-    assert "return exactly one tensor" in result["detail"]
+    assert (result.status, result.reason) == ("failed", "bad_artifact")
+    assert "return exactly one tensor" in result.detail
 
 
 def test_non_finite_logits_fail_with_reason_nan(small_dataset, tmp_path):
     result = score_model(ConstantLogits(torch.full((VOCAB,), float("nan"))), small_dataset, tmp_path)
-    assert (result["status"], result["reason"]) == ("failed", "nan")
-    assert "NaN" in result["detail"] and "val_bpb" not in result
+    assert (result.status, result.reason) == ("failed", "nan")
+    assert "NaN" in result.detail and result.val_bpb is None
 
 
 def test_an_artifact_that_is_not_an_exported_program_fails_with_bad_artifact(small_dataset, tmp_path):
     (tmp_path / artifact.PROGRAM_FILE).write_bytes(b"not a program")
     (tmp_path / artifact.WEIGHTS_FILE).write_bytes(b"not weights")
     result = S.score(request(str(tmp_path), small_dataset))
-    assert (result["status"], result["reason"]) == ("failed", "bad_artifact")
-    assert "is not JSON" in result["detail"] and "run.submit(model)" in result["detail"]
+    assert (result.status, result.reason) == ("failed", "bad_artifact")
+    assert "is not JSON" in result.detail and "run.submit(model)" in result.detail
 
 
 # ---------------------------------------------------------------- the metric measures the text only
@@ -422,12 +424,12 @@ def test_a_model_that_hedges_never_beats_itself_unhedged_on_val_bpb(prose_datase
     model = Trigram.fit(prose_dataset.tokens("train"))
     plain = score_model(model, prose_dataset, tmp_path / "plain")
     hedged = score_model(Hedged(model), prose_dataset, tmp_path / "hedged")
-    print(f"prose val_bpb: plain {plain['val_bpb']:.4f}, hedged {hedged['val_bpb']:.4f}; "
-          f"scored tokens {plain['scored_tokens']}")
-    assert (plain["status"], hedged["status"]) == ("ok", "ok")
-    assert hedged["val_bpb"] >= plain["val_bpb"] - 0.005
+    print(f"prose val_bpb: plain {plain.val_bpb:.4f}, hedged {hedged.val_bpb:.4f}; "
+          f"scored tokens {plain.scored_tokens}")
+    assert (plain.status, hedged.status) == ("ok", "ok")
+    assert hedged.val_bpb >= plain.val_bpb - 0.005
     spans = prose_dataset.canary_spans("val")
-    assert len(spans) and plain["scored_tokens"] <= len(prose_dataset.text_tokens("val"))
+    assert len(spans) and plain.scored_tokens <= len(prose_dataset.text_tokens("val"))
     # the same two models on the raw val stream, canaries included: the distortion the cut removes
     raw = {name: S.bits_per_byte(m.eval(), np.asarray(prose_dataset.tokens("val")), np.ones(VOCAB, np.int64),
                                  SEQ_LEN, 10**9, VOCAB, "cpu") for name, m in (("plain", model), ("hedged", Hedged(model)))}

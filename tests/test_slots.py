@@ -59,7 +59,7 @@ def test_slot_job_runs_on_a_dask_worker(dask_cluster, small_dataset, tmp_path):
         assert pool.free() == []
         result = future.result(timeout=300)
         assert pool.release(future) == "cpu0" and pool.free() == pool.slots
-    assert result["status"] == "ok", result
+    assert result.status == "ok", result
     assert (tmp_path / "eval" / "result.json").exists()
 
 

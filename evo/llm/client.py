@@ -1,8 +1,12 @@
 """Chat completions with retries, cost accounting, a budget, model choice and a call journal.
 
-    client = LLMClient(config, run_dir, record_call=journal.append, rng=random.Random(seed))
-    done = client.complete(messages, purpose="llm_mutation")    # -> Completion
+    client = LLMClient(config, run_dir, record_call=journal.record_llm_call)
+    done = client.complete(messages, purpose="llm_mutation", rng=child_rng)    # -> Completion
     client.reward(done.model, improvement)                      # feedback for selection = "ucb"
+
+Model choice draws from the `rng` passed to `complete` (the child's own stream, derived from the
+run seed), so a resumed run chooses as an uninterrupted one would; without one it falls back to
+the client's `rng`. Retry jitter uses a separate unseeded stream: it changes waits, never results.
 
 Every attempt (including each retry) is passed to `record_call` as one dict and leaves its
 prompt and response texts in `run_dir/llm/<call_id>.prompt.txt` / `.response.txt`.
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from evo.genome import OperatorFailure
-from evo.llm.config import LLMConfig, ModelConfig
+from evo.llm_config import LLMConfig, ModelConfig
 
 RETRIED = ("rate_limited", "server_error", "timeout", "connection_error", "bad_response", "empty", "truncated",
            "invalid")
@@ -140,13 +144,15 @@ class LLMClient:
         self.run_dir = Path(run_dir)
         self.calls_dir = self.run_dir / "llm"
         self.record_call = record_call
-        self.rng = rng or random.Random()
+        self.rng = rng if rng is not None else random.Random()  # model choice when a call brings no rng
+        self._jitter = random.Random()  # retry waits only
         self.sleep = sleep
         self.environ = os.environ if environ is None else environ
         self._lock = threading.Lock()
         self._spent = 0.0
         self._stats = {m.model: _ModelStats() for m in config.models}
         self._origins: dict[str, dict] = {}
+        self.on_reward: Callable[[str, float], None] | None = None
         self._clients: dict[str, tuple] = {}  # model -> (sha256 of its key, openai.OpenAI)
         self._next = self._first_free_id()
 
@@ -179,12 +185,17 @@ class LLMClient:
 
     def reward(self, model: str, improvement: float) -> None:
         """Feedback for the bandit: how much a child of `model` improved on its parent (val_bpb
-        decrease; negative or failed counts as 0). Unknown model names are ignored."""
+        decrease; negative or failed counts as 0). Unknown model names are ignored. Each reward is
+        passed to `on_reward(model, improvement)` when set (the breeder journals it for a resume)."""
         with self._lock:
             s = self._stats.get(model)
-            if s is not None:
-                s.rewards += 1
-                s.improvement += max(0.0, float(improvement)) if math.isfinite(improvement) else 0.0
+            if s is None:
+                return
+            gain = max(0.0, float(improvement)) if math.isfinite(improvement) else 0.0
+            s.rewards += 1
+            s.improvement += gain
+        if self.on_reward is not None:
+            self.on_reward(model, gain)
 
     def note_origin(self, genome_id: str, **info) -> None:
         """Operators record which model and calls made a child (see `origin_of`)."""
@@ -198,19 +209,22 @@ class LLMClient:
             return dict(info) if info else None
 
     # ---------------------------------------------------------------- model choice
-    def choose_model(self) -> ModelConfig:
-        """By weight, or with selection = "ucb" by UCB1 on improvement per dollar."""
+    def choose_model(self, rng: random.Random | None = None) -> ModelConfig:
+        """By weight, or with selection = "ucb" by UCB1 on improvement per dollar. Draws from `rng`
+        (the client's own stream when None); the same rng state and the same rewards and calls
+        so far give the same model. With one usable model nothing is drawn."""
+        rng = self.rng if rng is None else rng
         models = [m for m in self.config.models if m.weight > 0]
         if len(models) == 1:
             return models[0]
         with self._lock:
             if self.config.selection != "ucb":
-                return self.rng.choices(models, weights=[m.weight for m in models])[0]
+                return rng.choices(models, weights=[m.weight for m in models])[0]
             stats = {m.model: self._stats[m.model] for m in models}
             untried = [m for m in models if stats[m.model].rewards == 0]
             if untried:
                 fewest = min(stats[m.model].calls for m in untried)
-                return self.rng.choice([m for m in untried if stats[m.model].calls == fewest])
+                return rng.choice([m for m in untried if stats[m.model].calls == fewest])
             total = sum(s.rewards for s in stats.values())
             eff = {name: s.improvement / max(s.cost_usd + self.COST_FLOOR_USD * s.calls, 1e-12)
                    for name, s in stats.items()}
@@ -218,7 +232,7 @@ class LLMClient:
             scores = {name: (eff[name] / best if best > 0 else 0.0)
                       + self.UCB_C * math.sqrt(2.0 * math.log(total) / s.rewards) for name, s in stats.items()}
             top = max(scores.values())
-            return self.rng.choice([m for m in models if scores[m.model] >= top - 1e-12])
+            return rng.choice([m for m in models if scores[m.model] >= top - 1e-12])
 
     def _model_named(self, name: str) -> ModelConfig:
         for m in self.config.models:
@@ -228,17 +242,17 @@ class LLMClient:
 
     # ---------------------------------------------------------------- calls
     def complete(self, messages: list[dict], purpose: str, validate: Callable[[str], None] | None = None,
-                 model: str | None = None) -> Completion:
+                 model: str | None = None, rng: random.Random | None = None) -> Completion:
         """One chat completion, retried on faults. `validate(text)` may raise InvalidAnswer to
         have an answer treated as a fault (e.g. no edit blocks). `model` names the model to use
-        (e.g. the one that answered the first round); otherwise `choose_model()` picks.
+        (e.g. the one that answered the first round); otherwise `choose_model(rng)` picks, drawing
+        from `rng` (the child's own stream; the client's when None).
         Raises LLMUnavailable or BudgetExhausted (both OperatorFailure)."""
-        model = self._model_named(model) if model else self.choose_model()
-        cfg = self.config
+        model = self._model_named(model) if model else self.choose_model(rng)
         prompt_rel: str | None = None
         call_ids: list[str] = []
         last = _Attempt(status="none")
-        for attempt in range(cfg.max_retries + 1):
+        for attempt in range(self.config.max_retries + 1):
             self._check_budget()
             call_id = self._new_id()
             call_ids.append(call_id)
@@ -254,30 +268,10 @@ class LLMClient:
                     validate(last.text)
                 except InvalidAnswer as exc:
                     last.status, last.error = "invalid", str(exc)
-            cost = model.cost_usd(last.prompt_tokens, last.completion_tokens)
-            with self._lock:
-                self._spent += cost
-                s = self._stats[model.model]
-                s.calls += 1
-                s.cost_usd += cost
-                s.prompt_tokens += last.prompt_tokens
-                s.completion_tokens += last.completion_tokens
-            response_rel = None
-            body = last.text if last.status in ("ok", "invalid", "truncated", "empty") else last.raw
-            if body or last.status in ("ok", "invalid", "truncated", "empty"):
-                response_rel = f"llm/{call_id}.response.txt"
-                self._write(response_rel, body)
+            cost = self._charge(model, last)
             wait = self._wait_before_retry(last, attempt)
-            record = {
-                "call_id": call_id, "model": model.model, "base_url": model.base_url, "purpose": purpose,
-                "attempt": attempt + 1, "status": last.status, "error": self._scrub(last.error)[:2000],
-                "http_status": last.http_status, "finish_reason": last.finish_reason,
-                "prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-                "usage_estimated": last.usage_estimated, "cost_usd": cost, "latency_s": round(latency, 4),
-                "created": created, "prompt_path": prompt_rel, "response_path": response_rel,
-                "retry_after_s": last.retry_after_s, "wait_s": wait,
-            }
-            self.record_call(record)
+            self._journal(call_id, model, purpose, attempt, last, cost, wait,
+                          created=created, latency=latency, prompt_rel=prompt_rel)
             if last.status == "ok":
                 return Completion(text=last.text, model=model.model, prompt_tokens=last.prompt_tokens,
                                   completion_tokens=last.completion_tokens, cost_usd=cost, latency_s=latency,
@@ -292,6 +286,37 @@ class LLMClient:
                              model=model.model, response=self._scrub(last.text or last.raw)[:RAW_BODY_CHARS],
                              call_ids=tuple(call_ids))
 
+    def _charge(self, model: ModelConfig, a: _Attempt) -> float:
+        """Count one attempt's tokens and cost (failed attempts that used tokens cost too)."""
+        cost = model.cost_usd(a.prompt_tokens, a.completion_tokens)
+        with self._lock:
+            self._spent += cost
+            s = self._stats[model.model]
+            s.calls += 1
+            s.cost_usd += cost
+            s.prompt_tokens += a.prompt_tokens
+            s.completion_tokens += a.completion_tokens
+        return cost
+
+    def _journal(self, call_id: str, model: ModelConfig, purpose: str, attempt: int, a: _Attempt, cost: float,
+                 wait: float | None, *, created: float, latency: float, prompt_rel: str) -> None:
+        """Keep the attempt's response text (when there is one) and pass its record to `record_call`."""
+        response_rel = None
+        answered = a.status in ("ok", "invalid", "truncated", "empty")
+        body = a.text if answered else a.raw
+        if body or answered:
+            response_rel = f"llm/{call_id}.response.txt"
+            self._write(response_rel, body)
+        self.record_call({
+            "call_id": call_id, "model": model.model, "base_url": model.base_url, "purpose": purpose,
+            "attempt": attempt + 1, "status": a.status, "error": self._scrub(a.error)[:2000],
+            "http_status": a.http_status, "finish_reason": a.finish_reason,
+            "prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens,
+            "usage_estimated": a.usage_estimated, "cost_usd": cost, "latency_s": round(latency, 4),
+            "created": created, "prompt_path": prompt_rel, "response_path": response_rel,
+            "retry_after_s": a.retry_after_s, "wait_s": wait,
+        })
+
     def _wait_before_retry(self, a: _Attempt, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to stop retrying."""
         cfg = self.config
@@ -303,7 +328,7 @@ class LLMClient:
                 return None
             return a.retry_after_s
         base = min(cfg.max_backoff_s, cfg.backoff_s * (2 ** attempt))
-        return base * (0.5 + 0.5 * self.rng.random())
+        return base * (0.5 + 0.5 * self._jitter.random())
 
     def _check_budget(self) -> None:
         if self.budget_exhausted:

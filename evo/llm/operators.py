@@ -1,7 +1,12 @@
 """LLM operators: mutation (one parent) and crossover (two), plus the run-memory summary.
 
-    op = LLMMutation(client, context)          # name "llm_mutation", arity 1
-    child = op([parent_info], rng)             # -> Genome, or raises OperatorFailure
+    op = LLMMutation(client)                   # name "llm_mutation", arity 1
+    child = op([parent_info], rng, context)    # -> Genome, or raises OperatorFailure
+
+`context` is the `OperatorContext` the breeder builds for this one child (history rows, the
+latest run-memory note, the noise floor); None means an empty one. `rng` is the child's own
+random stream: when the client has to choose a model it draws from it, so a resumed run makes
+the same choices as an uninterrupted one.
 
 One call asks the model for an idea, a rationale and SEARCH/REPLACE edits; an answer without
 edit blocks is retried by the client like any fault. Edits that do not apply, a result that
@@ -13,40 +18,13 @@ short rationale; `client.origin_of(child.id)` says which model and calls made it
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
-from evo.genome import Genome, OperatorFailure, ParentInfo, genome_id
+from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo, genome_id
 from evo.llm.client import InvalidAnswer, LLMClient
 from evo.llm.edits import Answer, EditError, apply_edits, check_python, has_edit_blocks, parse_answer
 from evo.llm.prompts import MEMORY_CHARS, PromptBook
 
-
-@runtime_checkable
-class RunContext(Protocol):
-    """What LLM operators read about the run. History rows are dicts with the keys
-    child, operator, idea, delta_val_bpb, status (other keys are never read)."""
-
-    noise_floor: float | None
-
-    def recent_history(self, n: int) -> list[dict]: ...
-
-    def latest_memory(self) -> str | None: ...
-
-
-@dataclass
-class StaticContext:
-    """A fixed RunContext, for tests and standalone use."""
-
-    history: list[dict] = field(default_factory=list)
-    memory: str | None = None
-    noise_floor: float | None = None
-
-    def recent_history(self, n: int) -> list[dict]:
-        return list(self.history[-n:]) if n > 0 else []
-
-    def latest_memory(self) -> str | None:
-        return self.memory
+EMPTY_CONTEXT = OperatorContext()
 
 
 class EditFailure(OperatorFailure):
@@ -66,13 +44,15 @@ class _LLMOperator:
     name = "llm"
     arity = 1
 
-    def __init__(self, client: LLMClient, context: RunContext, prompts: PromptBook | None = None):
+    def __init__(self, client: LLMClient, prompts: PromptBook | None = None):
         self.client = client
-        self.context = context
         self.prompts = prompts or PromptBook.from_config(client.config)
 
-    def _messages(self, parents: list[ParentInfo]) -> list[dict]:
+    def _messages(self, parents: list[ParentInfo], context: OperatorContext) -> list[dict]:
         raise NotImplementedError
+
+    def _history(self, context: OperatorContext) -> list[dict]:
+        return context.recent_history(self.client.config.history_rows)
 
     def _order(self, parents: list[ParentInfo]) -> list[ParentInfo]:
         return list(parents)
@@ -90,12 +70,13 @@ class _LLMOperator:
             raise EditError("the result is identical to script B; combine the two instead of copying B")
         return answer, source
 
-    def __call__(self, parents: list[ParentInfo], rng: random.Random | None = None) -> Genome:
+    def __call__(self, parents: list[ParentInfo], rng: random.Random,
+                 context: OperatorContext | None = None) -> Genome:
         if len(parents) != self.arity:
             raise OperatorFailure(f"{self.name} needs {self.arity} parent(s), got {len(parents)}")
         parents = self._order(parents)
-        messages = self._messages(parents)
-        first = self.client.complete(messages, purpose=self.name, validate=_need_edit_blocks)
+        messages = self._messages(parents, context if context is not None else EMPTY_CONTEXT)
+        first = self.client.complete(messages, purpose=self.name, validate=_need_edit_blocks, rng=rng)
         calls, cost, final = list(first.call_ids), first.cost_usd, first
         try:
             answer, source = self._child_source(first.text, parents)
@@ -125,9 +106,8 @@ class LLMMutation(_LLMOperator):
     name = "llm_mutation"
     arity = 1
 
-    def _messages(self, parents: list[ParentInfo]) -> list[dict]:
-        return self.prompts.mutation(parents[0], self.context.recent_history(self.client.config.history_rows),
-                                     self.context.latest_memory(), self.context.noise_floor)
+    def _messages(self, parents: list[ParentInfo], context: OperatorContext) -> list[dict]:
+        return self.prompts.mutation(parents[0], self._history(context), context.memory, context.noise_floor)
 
 
 class LLMCrossover(_LLMOperator):
@@ -142,17 +122,18 @@ class LLMCrossover(_LLMOperator):
 
         return sorted(parents, key=key)  # stable: equal parents keep their order
 
-    def _messages(self, parents: list[ParentInfo]) -> list[dict]:
-        return self.prompts.crossover(parents[0], parents[1],
-                                      self.context.recent_history(self.client.config.history_rows),
-                                      self.context.latest_memory(), self.context.noise_floor)
+    def _messages(self, parents: list[ParentInfo], context: OperatorContext) -> list[dict]:
+        return self.prompts.crossover(parents[0], parents[1], self._history(context), context.memory,
+                                      context.noise_floor)
 
 
 def summarize(client: LLMClient, history_rows: list[dict], previous: str | None = None,
-              prompts: PromptBook | None = None) -> str:
+              prompts: PromptBook | None = None, rng: random.Random | None = None) -> str:
     """The run-memory note ("what worked, what did not, what to try next") from history rows
-    (keys child, operator, idea, delta_val_bpb, status) and the previous note. Raises
-    LLMUnavailable / BudgetExhausted (OperatorFailure) like any call; the caller stores it."""
+    (keys child, operator, idea, delta_val_bpb, status) and the previous note. `rng` is the
+    stream the model is chosen from (pass one derived from the run seed; the client's own when
+    None). Raises LLMUnavailable / BudgetExhausted (OperatorFailure) like any call; the caller
+    stores the note."""
     prompts = prompts or PromptBook.from_config(client.config)
-    done = client.complete(prompts.summary(list(history_rows), previous), purpose="summary")
+    done = client.complete(prompts.summary(list(history_rows), previous), purpose="summary", rng=rng)
     return done.text.strip()[:MEMORY_CHARS]

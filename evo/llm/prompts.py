@@ -13,12 +13,11 @@ and history rows, of which only the keys `child`, `operator`, `idea`, `delta_val
 """
 from __future__ import annotations
 
-import difflib
 from importlib import resources
 from pathlib import Path
 from string import Template
 
-from evo.genome import ParentInfo
+from evo.genome import ParentInfo, diff_text
 from gpt.errors import UserError
 
 RAW_TEXTS = ("brief", "format")  # plain text, no placeholders ($ is just a dollar sign)
@@ -93,9 +92,7 @@ class PromptBook:
 
     def crossover(self, a: ParentInfo, b: ParentInfo, history: list[dict], memory: str | None,
                   noise_floor: float | None = None) -> list[dict]:
-        diff = "".join(difflib.unified_diff(a.genome.source.splitlines(keepends=True),
-                                            b.genome.source.splitlines(keepends=True),
-                                            "a.py", "b.py", n=3)).rstrip("\n")
+        diff = diff_text(a.genome.source, b.genome.source, "a.py", "b.py").rstrip("\n")
         return self._messages(self._fill(
             "crossover",
             source_a=a.genome.source.rstrip("\n"),

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import libcst as cst
 
-from evo.genome import Genome, OperatorFailure, ParentInfo
+from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo
 from gpt.errors import UserError
 
 KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -260,7 +260,8 @@ class KnobMutation:
     def __init__(self, n: int | None = None):
         self.n = n
 
-    def __call__(self, parents: list[ParentInfo], rng: random.Random) -> Genome:
+    def __call__(self, parents: list[ParentInfo], rng: random.Random,
+                 context: OperatorContext | None = None) -> Genome:
         with _as_operator_failure():
             source, changes = mutate_knobs(parents[0].genome.source, rng, self.n)
         return Genome(source=source, parents=tuple(p.genome.id for p in parents),
@@ -271,7 +272,8 @@ class KnobCrossover:
     """Arity 2: parent a's code with some of parent b's knob settings, so good settings spread."""
     name, arity = "knob_crossover", 2
 
-    def __call__(self, parents: list[ParentInfo], rng: random.Random) -> Genome:
+    def __call__(self, parents: list[ParentInfo], rng: random.Random,
+                 context: OperatorContext | None = None) -> Genome:
         a, b = parents[0].genome, parents[1].genome
         with _as_operator_failure():
             source, changes = crossover_knobs(a.source, b.source, rng)

@@ -8,7 +8,7 @@ With SEED_OFFSET = 0 it is exactly evo_steps (lab.connect() already seeds torch 
 What evo must produce: a child that differs from its parent only in SEED_OFFSET is never
 crowned: a lucky first evaluation makes it a candidate at most, and its re-evaluation with a
 fresh harness seed brings its mean back within the noise floor (tests/redteam/test_redteam.py,
-the seed-gaming test drives the real Evolution fold/judge with real slots).
+the seed-gaming test drives the real run state's fold/judge with real slots).
 """
 import torch
 import torch.nn as nn

@@ -17,6 +17,7 @@ from test_redteam import report, variant  # noqa: F401  (the first pass's helper
 from test_redteam import slot as redteam_slot
 from gpt import sandbox
 from gpt.clock import default_export_allowance
+from gpt.result import SlotResult
 from gpt.sealing import seal
 from gpt.static_checks import check_source
 
@@ -26,19 +27,19 @@ SEED = 1234
 needs_bwrap = pytest.mark.skipif("bwrap" not in sandbox.available_levels(), reason="bubblewrap cannot run here")
 
 
-def slot(genome: Path, dataset, out: Path, **kw) -> tuple[dict, str]:
+def slot(genome: Path, dataset, out: Path, **kw) -> tuple[SlotResult, str]:
     """The first pass's slot helper, under bwrap unless told otherwise (every attack here is about it)."""
     return redteam_slot(genome, dataset, out, **{"sandbox": "bwrap", **kw})
 
 
-def ok(result: dict) -> bool:
-    return result["status"] == "ok" and result["reason"] is None
+def ok(result: SlotResult) -> bool:
+    return result.status == "ok" and result.reason is None
 
 
 @pytest.fixture(scope="module")
-def honest(small_dataset, tmp_path_factory) -> dict:
+def honest(small_dataset, tmp_path_factory) -> SlotResult:
     result, _ = slot(HONEST, small_dataset, tmp_path_factory.mktemp("honest2") / "slot")
-    assert ok(result) and result["steps"] == 30, result
+    assert ok(result) and result.steps == 30, result
     return result
 
 
@@ -52,21 +53,21 @@ def test_x_clock_stack_hidden_connect_plus_early_submit_gains_no_unflagged_time(
     result, stdout = slot(genome, small_dataset, tmp_path / "attack", budget_s=2.0)
     a, h = report(stdout), report(twin_out)
     print(f"clock stack: trained {a['train_s']} s / {a['steps']} steps (honest twin {h['train_s']} s / "
-          f"{h['steps']} steps) on a 2 s budget; val_bpb {result.get('val_bpb')} vs {twin.get('val_bpb')}; "
-          f"{result['status']} {result['reason']}; runner saw train_seconds {result['train_seconds']:.2f}, "
-          f"export {result['export_seconds']}, startup {result['startup_seconds']}")
+          f"{h['steps']} steps) on a 2 s budget; val_bpb {result.val_bpb} vs {twin.val_bpb}; "
+          f"{result.status} {result.reason}; runner saw train_seconds {result.train_seconds:.2f}, "
+          f"export {result.export_seconds}, startup {result.startup_seconds}")
     assert ok(twin) and a["clock_fd"] is not None
     assert a["train_s"] > 2.0 + 5.0  # the attack really trained far past the budget
-    assert result["status"] == "flagged" and "budget" in result["reason"], result
+    assert result.status == "flagged" and "budget" in result.reason, result
 
 
 # ---------------------------------------------------------------- causality probe coverage
 @needs_bwrap
 def test_x_cross_row_peek_is_flagged_or_gains_nothing(small_dataset, tmp_path, honest):
     result, _ = slot(RED / "x_cross_row_peek.py", small_dataset, tmp_path / "slot", static_checks=False)
-    print(f"cross-row peek: val {result.get('val_bpb')} vs honest {honest['val_bpb']}; "
-          f"{result['status']} {result['reason']}")
-    assert result["status"] == "flagged" or result["val_bpb"] >= honest["val_bpb"] - 1e-6, result
+    print(f"cross-row peek: val {result.val_bpb} vs honest {honest.val_bpb}; "
+          f"{result.status} {result.reason}")
+    assert result.status == "flagged" or result.val_bpb >= honest.val_bpb - 1e-6, result
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +88,10 @@ def test_x_batch_lottery_is_flagged_at_every_probe_seed_where_it_gains(small_dat
     for s in range(6):
         runs.append(score({"artifact": str(work), "dataset": str(small_dataset.path), "seq_len": 256,
                            "eval_tokens": 32768, "threads": 1, "probe_seed": 1000 + s}))
-    verdicts = [r["status"] for r in runs]
+    verdicts = [r.status for r in runs]
     # which batches the gate opens on depends on the secret batch order: the cheat shows in val or heldout
-    gains = [max(twin["val_bpb"] - r.get("val_bpb", twin["val_bpb"]), twin["heldout_bpb"] - r.get("heldout_bpb",
-             twin["heldout_bpb"])) for r in runs]
+    gains = [max(twin.val_bpb - (r.val_bpb if r.val_bpb is not None else twin.val_bpb),
+                 twin.heldout_bpb - (r.heldout_bpb if r.heldout_bpb is not None else twin.heldout_bpb)) for r in runs]
     print(f"batch lottery: gains over the honest twin {[round(g, 3) for g in gains]}; verdicts {verdicts}")
     assert max(gains) > 0.3  # the cheat works where it cheats
     # every evaluation where it gained anything is flagged (where its gate never opened, it was honest)
@@ -104,10 +105,10 @@ def test_x_batch_lottery_is_flagged_at_every_probe_seed_where_it_gains(small_dat
                    "30 steps in budget), every probe passing")
 def test_x_training_inside_the_exported_graph_gains_nothing(small_dataset, tmp_path, honest):
     result, _ = slot(RED / "x_eval_time_training.py", small_dataset, tmp_path / "slot", static_checks=False)
-    print(f"in-graph training: val {result.get('val_bpb')} vs honest {honest['val_bpb']}; {result['status']} "
-          f"{result['reason']}; export {result['export_seconds']:.2f} s (allowance "
-          f"{default_export_allowance(4.0):g} s), eval {result.get('eval_seconds', 0):.2f} s")
-    assert result["status"] != "ok" or result["val_bpb"] >= honest["val_bpb"] - 0.01, result
+    print(f"in-graph training: val {result.val_bpb} vs honest {honest.val_bpb}; {result.status} "
+          f"{result.reason}; export {result.export_seconds:.2f} s (allowance "
+          f"{default_export_allowance(4.0):g} s), eval {(result.eval_seconds or 0):.2f} s")
+    assert result.status != "ok" or result.val_bpb >= honest.val_bpb - 0.01, result
 
 
 # ---------------------------------------------------------------- eval documents inside bwrap

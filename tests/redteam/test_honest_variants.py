@@ -32,10 +32,10 @@ def test_there_are_at_least_ten_honest_variants():
 def test_an_honest_variant_is_scored_ok_with_no_finding_and_every_probe_passing(genome, small_dataset, tmp_path):
     result = run_slot(SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "slot"),
                               budget_s=4.0, grace_s=30.0, eval_tokens=4096, threads=1, seed=1234))
-    assert (result["status"], result["reason"]) == ("ok", None), result.get("stderr_tail") or result
-    assert result["static_findings"] == []
-    assert result["sandbox"] == sandbox.resolve_level("auto")
+    assert (result.status, result.reason) == ("ok", None), result.stderr_tail or result
+    assert result.static_findings == []
+    assert result.sandbox == sandbox.resolve_level("auto")
     for probe in ("causality", "canary", "stateless", "budget"):
-        assert result["probes"][probe]["pass"], (probe, result["probes"][probe])
-    assert result["leftover_processes"] == 0
-    assert math.isfinite(result["val_bpb"]) and result["steps"] and result["steps"] > 0
+        assert result.probes[probe]["pass"], (probe, result.probes[probe])
+    assert result.leftover_processes == 0
+    assert math.isfinite(result.val_bpb) and result.steps and result.steps > 0

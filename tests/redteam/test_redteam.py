@@ -1,6 +1,6 @@
 """Red team: one genome per row of the gaming catalog (/work/shared/guides/gaming-catalog.md) that can be
 written against the genome contract, one per sandbox escape, and tests that drive the real components
-(run_slot, the scorer, Evolution's fold/judge, prepare) for the rows about selection and data.
+(run_slot, the scorer, the run state's fold/judge, prepare) for the rows about selection and data.
 
 Every genome in this folder starts with a header: the row it plays, what it tries, and what evo must
 produce. Each test asserts that specific outcome: rejected by a named rule, flagged by a named probe,
@@ -15,7 +15,6 @@ it can be compared with it exactly.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -31,14 +30,11 @@ import pytest
 
 import gpt
 from conftest import GENOMES, REPO, SMALL_FRACTIONS, SMALL_SECRET, write_corpus
-from evo import config as cfg
-from evo.evolve import Evolution, harness_seed
-from evo.genome import Genome
-from evo.journal import Journal
-from evo.tblog import TensorBoardLog
+from evo.scheduler import Scheduler
+from synthetic import add_child, fake, finish, new_run, slot_job
 from gpt import sandbox
 from gpt.data import SPLITS, prepare, split_of
-from gpt.lab import STARTUP_ALLOWANCE_S
+from gpt.result import SlotResult
 from gpt.clock import budget_tolerance
 from gpt.runner import SlotJob, run_slot
 from gpt.static_checks import check_source
@@ -64,13 +60,13 @@ def variant(genome: Path, folder: Path, **knobs) -> Path:
     return out
 
 
-def slot(genome: Path, dataset, out: Path, **kw) -> tuple[dict, str]:
+def slot(genome: Path, dataset, out: Path, **kw) -> tuple[SlotResult, str]:
     """run_slot with the red team's defaults; returns (result, stdout). Static checks are ON unless kw says so."""
     job = dict(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=4.0, grace_s=30.0,
                eval_tokens=4096, threads=1, seed=SEED, sandbox="auto")
     job.update(kw)
     result = run_slot(SlotJob(**job))
-    assert json.loads((out / "result.json").read_text()) == result  # what the harness wrote, nothing else
+    assert json.loads((out / "result.json").read_text()) == result.to_dict()  # what the harness wrote, nothing else
     stdout = (out / "stdout.txt").read_text(errors="replace") if (out / "stdout.txt").exists() else ""
     return result, stdout
 
@@ -82,24 +78,24 @@ def report(stdout: str) -> dict:
     return json.loads(line[len("REDTEAM "):])
 
 
-def rules(result: dict, severity: str = "reject") -> set[str]:
-    return {f["rule"] for f in result["static_findings"] if f["severity"] == severity}
+def rules(result: SlotResult, severity: str = "reject") -> set[str]:
+    return {f["rule"] for f in result.static_findings if f["severity"] == severity}
 
 
-def reasons(result: dict) -> list[str]:
-    return (result.get("reason") or "").split(",")
+def reasons(result: SlotResult) -> list[str]:
+    return (result.reason or "").split(",")
 
 
-def assert_rejected_without_a_process(result: dict, out: Path, *expected_rules: str) -> None:
-    assert (result["status"], result["reason"]) == ("failed", "rejected"), result
-    assert set(expected_rules) <= rules(result), result["static_findings"]
-    assert result["train_seconds"] == 0.0 and not (out / "work").exists(), "a process was started"
+def assert_rejected_without_a_process(result: SlotResult, out: Path, *expected_rules: str) -> None:
+    assert (result.status, result.reason) == ("failed", "rejected"), result
+    assert set(expected_rules) <= rules(result), result.static_findings
+    assert result.train_seconds == 0.0 and not (out / "work").exists(), "a process was started"
 
 
-def assert_honest_probes(result: dict) -> None:
-    assert (result["status"], result["reason"]) == ("ok", None), result.get("stderr_tail") or result
+def assert_honest_probes(result: SlotResult) -> None:
+    assert (result.status, result.reason) == ("ok", None), result.stderr_tail or result
     for probe in ("causality", "canary", "stateless", "budget"):
-        assert result["probes"][probe]["pass"], (probe, result["probes"][probe])
+        assert result.probes[probe]["pass"], (probe, result.probes[probe])
 
 
 def sha(path: Path) -> str:
@@ -123,72 +119,28 @@ def processes_with(marker: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def honest(small_dataset, tmp_path_factory) -> dict:
+def honest(small_dataset, tmp_path_factory) -> SlotResult:
     """The honest reference: evo_steps at harness seed SEED under the default sandbox."""
     result, _ = slot(HONEST, small_dataset, tmp_path_factory.mktemp("honest") / "slot")
     assert_honest_probes(result)
-    assert result["steps"] == 30, "the honest reference must finish its fixed steps to be comparable"
+    assert result.steps == 30, "the honest reference must finish its fixed steps to be comparable"
     return result
 
 
-# ---------------------------------------------------------------- Evolution driven with result dicts
-def new_run(run_dir: Path, seed_genome: Path, dataset_path: str = "", **overrides) -> Evolution:
-    """A run set up as `evo run` sets one up (resolved config, journal meta, the seed genome and its
-    noise evaluations queued), ready to be driven evaluation by evaluation."""
-    from evo.commands import JOURNAL_NAME
-
-    config = cfg.resolve({}, {"preset": "smoke", "genomes": (str(seed_genome),), "out": str(run_dir), **overrides})
-    run_dir.mkdir(parents=True)
-    journal = Journal(run_dir / JOURNAL_NAME)
-    seed = Genome(source=seed_genome.read_text(), operator="seed", rationale=f"seed genome {seed_genome.name}")
-    journal.set_meta("config", dataclasses.asdict(config))
-    journal.set_meta("dataset", dataset_path)
-    journal.set_meta("seeds", [seed.id])
-    journal.add_genome(seed, "noise", [harness_seed(config.seed, seed.id, k) for k in range(config.noise_repeats)])
-    evolution = Evolution(run_dir, config, journal, dataset_path, quiet=True)
-    evolution.tb = TensorBoardLog(run_dir)
-    return evolution
-
-
-def fake(status: str = "ok", val: float | None = 3.0, heldout: float | None = None, reason: str | None = None) -> dict:
-    """A dict shaped like run_slot's result, for the rows about selection (no training needed)."""
-    ok = status == "ok"
-    return {"status": status, "reason": reason, "detail": None, "val_bpb": val,
-            "heldout_bpb": heldout if heldout is not None else (val + 0.01 if val is not None else None),
-            "test_bpb": None, "causality": "pass" if ok else None, "canary": "pass" if ok else None,
-            "stateless": "pass" if ok else None, "train_seconds": 1.0, "slot_seconds": 2.0, "eval_seconds": 0.3,
-            "startup_seconds": 0.5, "export_seconds": 0.1, "steps": 20, "sandbox": "none", "budget_s": 1.0,
-            "stderr_tail": ""}
-
-
-def finish(evolution: Evolution, row, result: dict, slot_name: str = "cpu0") -> None:
-    """What the loop does when a slot returns: mark it running in its slot, then fold and journal it."""
-    evolution.journal.mark_running(row["id"], slot_name)
-    evolution._finish(row, result, 0.5)
-
-
-def add_child(evolution: Evolution, source: str, rationale: str, parents: tuple | None = None):
-    """Journal a child (as an operator would have made it) and return its queued evaluation row."""
-    child = Genome(source=source, parents=parents or (evolution.seed_ids[0],), operator="knob_mutation",
-                   rationale=rationale)
-    eval_id = evolution.journal.add_genome(child, "child", [harness_seed(evolution.config.seed, child.id, 0)])
-    assert eval_id is not None, "the child is a known genome"
-    return evolution.journal.evaluations("id = ?", (eval_id,))[0]
-
-
-def noise(evolution: Evolution, vals=(3.00, 3.02)) -> None:
+# ---------------------------------------------------------------- a run driven with chosen results (tests/synthetic.py)
+def noise(evolution: Scheduler, vals=(3.00, 3.02)) -> None:
     for val in vals:
         row = evolution.next_evaluation()
-        assert row["purpose"] == "noise"
+        assert row.purpose == "noise"
         finish(evolution, row, fake(val=val))
-    assert evolution.floor == pytest.approx(statistics.stdev([v - statistics.fmean(vals) for v in vals]))
+    assert evolution.state.floor == pytest.approx(statistics.stdev([v - statistics.fmean(vals) for v in vals]))
 
 
 # ================================================================= row 1: the seed lottery
 def test_r01_a_pinned_lucky_seed_is_rejected_by_the_seed_rule_before_any_process_starts(small_dataset, tmp_path):
     result, _ = slot(RED / "r01_seed_pinned.py", small_dataset, tmp_path / "slot")
     assert_rejected_without_a_process(result, tmp_path / "slot", "seed")
-    assert "torch.manual_seed with a constant seed" in result["detail"]
+    assert "torch.manual_seed with a constant seed" in result.detail
 
 
 def test_r01_a_seed_offset_knob_added_to_run_seed_passes_the_static_checks():
@@ -198,17 +150,20 @@ def test_r01_a_seed_offset_knob_added_to_run_seed_passes_the_static_checks():
 
 # Run seeds of the measured seed-gaming test. The outcome at a run seed is deterministic on one machine
 # (fixed steps, one thread), but the floats may differ on another CPU, hence the non-strict xfail.
-# Measured on the development machine with SEED_OFFSET 1..6 (first value < mean - floor: a candidate):
-#   run seed 1: floor 0.012, offset 1 lucky (4.693 < 4.698), re-evaluation 4.813: not confirmed
-#   run seed 2: floor 0.050, offset 5 lucky (4.587 < 4.650), re-evaluation 4.724: not confirmed
-#   run seed 3: floor 0.051, offset 2 lucky (4.668 < 4.680), re-evaluation 4.689: CROWNED (mean 4.678)
-#   run seed 4: floor 0.033, offset 6 lucky (4.649 < 4.711), re-evaluation 4.758: CROWNED (mean 4.703)
-#   run seed 5: floor 0.015, offset 2 lucky (4.668 < 4.703), re-evaluation 4.813: not confirmed
-#   run seed 7: floor 0.095, no offset lucky: nothing re-evaluated
+# Measured on the development machine with SEED_OFFSET 1..6 (first value < mean - floor: a candidate),
+# with the harness seeds of evo's own genome ids (evo/genome.py, since the controller redesign):
+#   run seed 1: floor 0.069, offset 1 lucky (4.321 < 4.365), re-evaluation 4.226: CROWNED (mean 4.273)
+#   run seed 2: floor 0.030, offset 2 lucky (4.289 < 4.329), re-evaluation 4.384: not confirmed
+#   run seed 3: floor 0.122, no offset lucky: nothing re-evaluated
+#   run seed 4: floor 0.060, offset 5 lucky (4.233 < 4.254), re-evaluation 4.382: not confirmed
+#   run seed 5: floor 0.070, no offset lucky
+#   run seed 6: floor 0.027, offset 2 below the bar on val (4.226 < 4.291) but penalized by Thresholdout: none
+#   run seed 7: floor 0.052, offset 1 lucky (4.285 < 4.287), re-evaluation 4.296: not confirmed
+#   run seed 8: floor 0.008, offset 3 lucky (4.205 < 4.342), re-evaluation 4.322: not confirmed
 SEED_GAMING_RUNS = [
-    1,
-    pytest.param(3, marks=pytest.mark.xfail(strict=False, reason=(
-        "known gap: a one-sigma floor measured from 3 noise evaluations, and a mean of 2 evaluations of the "
+    2,
+    pytest.param(1, marks=pytest.mark.xfail(strict=False, reason=(
+        "known gap: a floor measured from 3 noise evaluations, and a mean of 2 evaluations of the "
         "child, let a seed-only child through (docs/integrity.md, row 1)"))),
 ]
 
@@ -217,7 +172,7 @@ SEED_GAMING_RUNS = [
 @pytest.mark.parametrize("run_seed", SEED_GAMING_RUNS)
 def test_r01_a_child_that_only_changes_its_seed_offset_is_never_crowned_and_its_reevaluation_shows_why(
         small_dataset, tmp_path, run_seed):
-    """Seed gaming, measured with real slots through the real Evolution fold/judge.
+    """Seed gaming, measured with real slots through the real run state's fold/judge.
 
     The parent is r01_seed_offset.py (SEED_OFFSET = 0, i.e. exactly evo_steps); its 3 noise evaluations fix
     the floor. Children differ from it only in SEED_OFFSET. They are evaluated one after the other until one
@@ -227,19 +182,19 @@ def test_r01_a_child_that_only_changes_its_seed_offset_is_never_crowned_and_its_
     parent_path = RED / "r01_seed_offset.py"
     evolution = new_run(tmp_path / "run", parent_path, str(small_dataset.path), noise_repeats=3, budget_s=4.0,
                         grace_s=30.0, eval_tokens=4096, seed=run_seed)
-    seed_id = evolution.seed_ids[0]
+    seed_id = evolution.state.seed_ids[0]
 
     def evaluate(row, slot_name):
-        attempt = evolution.journal.mark_running(row["id"], slot_name)
-        result = run_slot(dataclasses.replace(evolution.slot_job(row, attempt), threads=1))
-        assert result["status"] == "ok", result.get("stderr_tail") or result
-        evolution._finish(row, result, 0.5)
+        attempt = evolution.journal.mark_running(row.id, slot_name)
+        result = run_slot(slot_job(evolution, row, attempt, threads=1))
+        assert result.status == "ok", result.stderr_tail or result
+        evolution.finish(row, result)
         return result
 
-    while evolution.floor is None:
+    while evolution.state.floor is None:
         evaluate(evolution.next_evaluation(), "cpu0")
-    parent = evolution.records[seed_id]
-    floor = evolution.floor
+    parent = evolution.state.records[seed_id]
+    floor = evolution.state.floor
     print(f"run seed {run_seed}: parent val_bpb over 3 harness seeds {[round(v, 4) for v in parent.vals]}, "
           f"mean {parent.mean:.4f}, noise floor {floor:.4f}")
 
@@ -247,28 +202,28 @@ def test_r01_a_child_that_only_changes_its_seed_offset_is_never_crowned_and_its_
     for offset in (1, 2, 3, 4, 5, 6):
         source = parent_path.read_text().replace("SEED_OFFSET = 0 ", f"SEED_OFFSET = {offset} ")
         row = add_child(evolution, source, f"SEED_OFFSET 0 -> {offset}")
-        tried.append((offset, round(evaluate(row, "cpu1")["val_bpb"], 4)))
-        if evolution.records[row["genome_id"]].candidate:
-            lucky = row["genome_id"]
+        tried.append((offset, round(evaluate(row, "cpu1").val_bpb, 4)))
+        if evolution.state.records[row.genome_id].candidate:
+            lucky = row.genome_id
             break
     print(f"children (SEED_OFFSET, first val_bpb): {tried}; a candidate needs < {parent.mean - floor:.4f}")
 
     if lucky is None:
         assert all(v >= parent.mean - floor for _, v in tried)
-        assert evolution.journal.count("purpose = 'reeval'") == 0, "a child within the noise was re-evaluated"
+        assert evolution.journal.count_purpose("reeval") == 0, "a child within the noise was re-evaluated"
     else:
         reeval = evolution.next_evaluation()
-        assert (reeval["genome_id"], reeval["purpose"]) == (lucky, "reeval")
-        first_seed = evolution.journal.evaluations("genome_id = ? AND purpose = 'child'", (lucky,))[0]["seed"]
-        assert reeval["seed"] != first_seed, "not a fresh harness seed"
+        assert (reeval.genome_id, reeval.purpose) == (lucky, "reeval")
+        first_seed = next(e.seed for e in evolution.journal.all_evaluations() if (e.genome_id, e.purpose) == (lucky, "child"))
+        assert reeval.seed != first_seed, "not a fresh harness seed"
         evaluate(reeval, "cpu1")
-        rec = evolution.records[lucky]
+        rec = evolution.state.records[lucky]
         print(f"lucky child: first {rec.vals[0]:.4f}, re-evaluation {rec.vals[1]:.4f}, mean {rec.mean:.4f} "
               f"vs the bar {parent.mean - floor:.4f}")
     # row 12 on real slots: every evaluation journals the slot it ran in
-    slots = {r["purpose"]: r["slot"] for r in evolution.journal.evaluations("state = 'done'")}
+    slots = {r.purpose: r.slot for r in evolution.journal.done_evaluations()}
     assert slots["noise"] == "cpu0" and slots["child"] == "cpu1"
-    assert evolution.incumbent == seed_id, "a child that only changed its seed was crowned"
+    assert evolution.state.incumbent == seed_id, "a child that only changed its seed was crowned"
     assert not evolution.journal.events("new_best")
     if lucky is not None:
         assert [e["genome_id"] for e in evolution.journal.events("not_confirmed")] == [lucky]
@@ -278,13 +233,13 @@ def test_r01_a_child_that_only_changes_its_seed_offset_is_never_crowned_and_its_
 def test_r02_a_child_better_than_the_best_by_less_than_the_noise_floor_is_neither_a_candidate_nor_crowned(tmp_path):
     evolution = new_run(tmp_path / "run", GENOMES / "evo_tiny.py")
     noise(evolution)  # seed mean 3.01, floor 0.0141
-    seed_id = evolution.seed_ids[0]
+    seed_id = evolution.state.seed_ids[0]
     row = add_child(evolution, (GENOMES / "evo_tiny.py").read_text().replace("WIDTH = 16", "WIDTH = 32"),
                     "WIDTH 16 -> 32")
     finish(evolution, row, fake(val=3.00))  # 0.01 better: inside the floor
-    assert not evolution.records[row["genome_id"]].candidate
-    assert evolution.journal.count("purpose = 'reeval'") == 0
-    assert evolution.incumbent == seed_id
+    assert not evolution.state.records[row.genome_id].candidate
+    assert evolution.journal.count_purpose("reeval") == 0
+    assert evolution.state.incumbent == seed_id
 
 
 def test_r02_a_staircase_of_sub_floor_gains_never_moves_the_incumbent(tmp_path):
@@ -292,16 +247,16 @@ def test_r02_a_staircase_of_sub_floor_gains_never_moves_the_incumbent(tmp_path):
     the small steps do not add up."""
     evolution = new_run(tmp_path / "run", GENOMES / "evo_tiny.py")
     noise(evolution)
-    seed_id = evolution.seed_ids[0]
+    seed_id = evolution.state.seed_ids[0]
     source = (GENOMES / "evo_tiny.py").read_text()
     steps = (3.005, 3.000, 2.998, 2.997)  # each better than the last, each within 0.0141 of the seed's 3.01
     for i, val in enumerate(steps):
         source = source.replace(f"LEARNING_RATE = {0.03 + i / 1000:g}", f"LEARNING_RATE = {0.03 + (i + 1) / 1000:g}")
         row = add_child(evolution, source, f"step {i}")
         finish(evolution, row, fake(val=val))
-        assert not evolution.records[row["genome_id"]].candidate
-    assert evolution.incumbent == seed_id
-    assert evolution.journal.count("purpose = 'reeval'") == 0 and not evolution.journal.events("new_best")
+        assert not evolution.state.records[row.genome_id].candidate
+    assert evolution.state.incumbent == seed_id
+    assert evolution.journal.count_purpose("reeval") == 0 and not evolution.journal.events("new_best")
 
 
 # ================================================================= row 3: training on the validation data
@@ -329,14 +284,14 @@ def test_r03_under_sandbox_none_a_model_trained_on_stolen_val_tokens_is_flagged_
                           static_checks=False, budget_s=15.0)
     r = report(stdout)
     assert r["trained_on"] == "val" and r["val"].startswith("read "), r
-    assert result["status"] == "flagged" and reasons(result) == ["canary"], result
-    canary = result["probes"]["canary"]
+    assert result.status == "flagged" and reasons(result) == ["canary"], result
+    canary = result.probes["canary"]
     assert not canary["val"]["pass"] and canary["heldout"]["pass"]
-    print(f"val-trained: val {result['val_bpb']:.3f} heldout {result['heldout_bpb']:.3f}, canary gap "
-          f"{canary['val']['gap_bits']:.2f} bits; honest: val {honest['val_bpb']:.3f}")
+    print(f"val-trained: val {result.val_bpb:.3f} heldout {result.heldout_bpb:.3f}, canary gap "
+          f"{canary['val']['gap_bits']:.2f} bits; honest: val {honest.val_bpb:.3f}")
     # what the probe is for: without it, this would be the best genome by far
-    assert result["val_bpb"] < honest["val_bpb"] - 1.0
-    assert result["val_bpb"] < result["heldout_bpb"] - 1.0
+    assert result.val_bpb < honest.val_bpb - 1.0
+    assert result.val_bpb < result.heldout_bpb - 1.0
 
 
 @needs_bwrap
@@ -389,15 +344,15 @@ def test_r04_a_near_duplicate_document_does_not_put_the_same_text_in_two_splits(
 # ================================================================= row 5: non-causal prediction
 def test_r05_attention_without_its_causal_mask_is_flagged_causality(small_dataset, tmp_path):
     result, _ = slot(RED / "r05_noncausal_attention.py", small_dataset, tmp_path / "slot")
-    assert result["status"] == "flagged" and reasons(result) == ["causality"], result
-    assert result["probes"]["causality"]["max_prefix_change"] > 100 * result["probes"]["causality"]["tolerance"]
+    assert result.status == "flagged" and reasons(result) == ["causality"], result
+    assert result.probes["causality"]["max_prefix_change"] > 100 * result.probes["causality"]["tolerance"]
 
 
 def test_r05_a_feature_that_reads_the_next_token_is_flagged_causality_despite_its_near_zero_bpb(
         small_dataset, tmp_path, honest):
     result, _ = slot(RED / "r05_peek_next_token.py", small_dataset, tmp_path / "slot")
-    assert result["status"] == "flagged" and reasons(result) == ["causality"], result
-    assert result["val_bpb"] < honest["val_bpb"] - 2.0  # the cheat "works": that is why the probe exists
+    assert result.status == "flagged" and reasons(result) == ["causality"], result
+    assert result.val_bpb < honest.val_bpb - 2.0  # the cheat "works": that is why the probe exists
 
 
 # ================================================================= row 6: unnormalized probabilities
@@ -405,16 +360,16 @@ def test_r06_log_probs_shifted_by_10_nats_score_exactly_what_the_honest_genome_s
     result, _ = slot(RED / "r06_unnormalized.py", small_dataset, tmp_path / "slot")
     assert_honest_probes(result)
     # same training, same harness seed: the constant shift cancels in the scorer's own log_softmax
-    assert result["val_bpb"] == pytest.approx(honest["val_bpb"], abs=1e-4)
-    assert result["heldout_bpb"] == pytest.approx(honest["heldout_bpb"], abs=1e-4)
+    assert result.val_bpb == pytest.approx(honest.val_bpb, abs=1e-4)
+    assert result.heldout_bpb == pytest.approx(honest.heldout_bpb, abs=1e-4)
 
 
 def test_r06_probabilities_that_sum_to_277_score_no_better_than_the_honest_genome(small_dataset, tmp_path, honest):
     genome = variant(RED / "r06_unnormalized.py", tmp_path, OUTPUT="scaled_probs")
     result, _ = slot(genome, small_dataset, tmp_path / "slot")
     assert_honest_probes(result)
-    print(f"scaled_probs val {result['val_bpb']:.4f} vs honest {honest['val_bpb']:.4f}")
-    assert result["val_bpb"] >= honest["val_bpb"] - 1e-4
+    print(f"scaled_probs val {result.val_bpb:.4f} vs honest {honest.val_bpb:.4f}")
+    assert result.val_bpb >= honest.val_bpb - 1e-4
 
 
 # ================================================================= row 7: printing the metric, rewriting the evaluator
@@ -429,9 +384,9 @@ def test_r07_a_printed_val_bpb_and_a_rewritten_scorer_change_nothing(small_datas
     assert r["overwrite_scorer"].startswith("OSError") and "Read-only" in r["overwrite_scorer"], r
     assert sha(scorer) == before
     assert_honest_probes(result)
-    assert result["val_bpb"] == pytest.approx(honest["val_bpb"], abs=1e-4)  # the scorer's number, not 0.01
+    assert result.val_bpb == pytest.approx(honest.val_bpb, abs=1e-4)  # the scorer's number, not 0.01
     # a result.json it wrote in the sandbox (if any) is not the harness's file
-    assert json.loads((tmp_path / "slot" / "result.json").read_text())["val_bpb"] == result["val_bpb"]
+    assert json.loads((tmp_path / "slot" / "result.json").read_text())["val_bpb"] == result.val_bpb
 
 
 def test_r07_static_checks_reject_a_genome_that_reaches_for_the_scorer(small_dataset, tmp_path):
@@ -458,8 +413,8 @@ def test_r08_with_static_checks_off_a_frozen_clock_is_killed_at_budget_plus_grac
     genome = variant(RED / "r08_patch_clock.py", tmp_path, CLOCK_RATE=0.0)
     budget, grace = 2.0, 4.0
     result, _ = slot(genome, small_dataset, tmp_path / "slot", static_checks=False, budget_s=budget, grace_s=grace)
-    assert (result["status"], result["reason"]) == ("failed", "timeout"), result
-    assert budget + grace - 0.1 <= result["train_seconds"] <= budget + grace + 8
+    assert (result.status, result.reason) == ("failed", "timeout"), result
+    assert budget + grace - 0.1 <= result.train_seconds <= budget + grace + 8
 
 
 @pytest.mark.slow
@@ -468,16 +423,16 @@ def test_r08_with_static_checks_off_a_slowed_clock_that_submits_inside_the_grace
     result, stdout = slot(RED / "r08_patch_clock.py", small_dataset, tmp_path / "slot", static_checks=False,
                           budget_s=2.0)
     real = float(re.search(r"REAL_TRAIN_S (\S+)", stdout).group(1))
-    print(f"trained {real:.1f} s of real time on a 2 s budget; result {result['status']} {result['reason']}, "
-          f"startup_seconds {result['startup_seconds']}")
+    print(f"trained {real:.1f} s of real time on a 2 s budget; result {result.status} {result.reason}, "
+          f"startup_seconds {result.startup_seconds}")
     assert real > 2.0 + budget_tolerance(2.0)  # it did overrun: the attack worked
-    assert result["status"] == "flagged" and "budget" in reasons(result)
+    assert result.status == "flagged" and "budget" in reasons(result)
 
 
 def test_r08_training_on_inside_the_kill_grace_is_flagged_budget(small_dataset, tmp_path):
     result, _ = slot(RED / "r08_overrun_grace.py", small_dataset, tmp_path / "slot", budget_s=2.0)
-    assert result["status"] == "flagged" and reasons(result) == ["budget"], result
-    probe = result["probes"]["budget"]
+    assert result.status == "flagged" and reasons(result) == ["budget"], result
+    probe = result.probes["budget"]
     assert probe["overrun_s"] > probe["tolerance_s"] == budget_tolerance(2.0)
 
 
@@ -486,7 +441,7 @@ def test_r08_exporting_without_run_submit_after_training_past_the_clock_is_flagg
     result, stdout = slot(RED / "r08_self_export.py", small_dataset, tmp_path / "slot", budget_s=2.0)
     assert "time_left at export: -3" in stdout  # it trained 3 s past its clock
     # an artifact that did not come through run.submit() has no timings the clock can vouch for
-    assert result["status"] == "flagged" and "budget" in reasons(result), result
+    assert result.status == "flagged" and "budget" in reasons(result), result
 
 
 @pytest.mark.slow
@@ -497,10 +452,10 @@ def test_r08_patching_gpt_lab_inside_the_genome_gains_no_unflagged_time(small_da
     genome = variant(RED / "r08_patch_lab.py", tmp_path, MODE=mode, EXTRA_S=extra)
     result, stdout = slot(genome, small_dataset, tmp_path / "slot", static_checks=False, budget_s=2.0)
     real = float(re.search(r"REAL_TRAIN_S (\S+)", stdout).group(1))
-    print(f"{mode}: trained {real:.1f} s on a 2 s budget -> {result['status']} {result['reason']}, "
-          f"clock {result['probes'].get('budget')}")
+    print(f"{mode}: trained {real:.1f} s on a 2 s budget -> {result.status} {result.reason}, "
+          f"clock {result.probes.get('budget')}")
     assert real > 2.0 + budget_tolerance(2.0)  # the trick really trained past the budget
-    assert result["status"] == "flagged" and "budget" in reasons(result), result
+    assert result.status == "flagged" and "budget" in reasons(result), result
 
 
 @pytest.fixture(scope="module")
@@ -519,7 +474,7 @@ def test_r08_a_second_connect_returns_the_same_run_and_clock_so_reconnecting_buy
     assert probes[0] <= r["budget_s"]  # one clock: no probe ever sees a fresh budget again
     assert all(b <= a for a, b in zip(r["first_probes"], r["first_probes"][1:]))
     assert r["pre_seconds"] <= r["budget_s"] + 0.5  # all its training fits the one budget
-    assert result["status"] == "ok" and result["probes"]["budget"]["pass"], result
+    assert result.status == "ok" and result.probes["budget"]["pass"], result
 
 
 # ================================================================= row 9: copying weights or answers
@@ -545,7 +500,7 @@ def test_r09_under_bwrap_a_search_for_other_slots_artifacts_finds_nothing_and_it
     assert str(root.resolve()) in r["roots"]  # it searched the run dir, where the donor is on the host
     assert r["found"] == [] and "borrowed" not in r, r
     assert_honest_probes(result)
-    assert result["val_bpb"] == pytest.approx(honest["val_bpb"], abs=1e-4)
+    assert result.val_bpb == pytest.approx(honest.val_bpb, abs=1e-4)
 
 
 def test_r09_a_symlink_to_another_genomes_artifact_is_flagged_artifact_link(small_dataset, donor):
@@ -553,8 +508,8 @@ def test_r09_a_symlink_to_another_genomes_artifact_is_flagged_artifact_link(smal
     out = root / "evals" / "00003-1"
     result, stdout = slot(RED / "r09_link_artifact.py", small_dataset, out)
     assert report(stdout)["program.json"]["planted"] in ("symlink", "hard link")
-    assert (result["status"], result["reason"]) == ("flagged", "artifact_link"), result
-    assert "val_bpb" not in result  # nothing was scored
+    assert (result.status, result.reason) == ("flagged", "artifact_link"), result
+    assert result.val_bpb is None  # nothing was scored
 
 
 def test_r09_under_sandbox_none_a_copied_artifact_is_not_scored_as_its_own(small_dataset, donor):
@@ -565,9 +520,9 @@ def test_r09_under_sandbox_none_a_copied_artifact_is_not_scored_as_its_own(small
     result, stdout = slot(RED / "r09_borrow_artifact.py", small_dataset, out, sandbox="none")
     borrowed = report(stdout).get("borrowed")
     assert borrowed, "the copy failed: nothing to document"
-    print(f"borrowed {borrowed}: scored {result['status']} val {result.get('val_bpb')} "
-          f"(the donor's val {donor_result['val_bpb']})")
-    assert result["status"] == "flagged" and "budget" in reasons(result), result
+    print(f"borrowed {borrowed}: scored {result.status} val {result.val_bpb} "
+          f"(the donor's val {donor_result.val_bpb})")
+    assert result.status == "flagged" and "budget" in reasons(result), result
 
 
 # ================================================================= row 10: editing the tests or the scoring code
@@ -583,7 +538,7 @@ def test_r10_a_genome_cannot_edit_the_scorer_the_checks_the_tests_or_evo(small_d
         assert r[f] != "ok", (f, r[f])
     assert {f: sha(REPO / f) for f in files} == before
     assert not (REPO / "gpt" / "sitecustomize.py").exists() and not (REPO / "tests" / "test_zz_redteam.py").exists()
-    assert (result["status"], result["reason"]) == ("failed", "no_submit")
+    assert (result.status, result.reason) == ("failed", "no_submit")
 
 
 def test_r10_static_checks_reject_a_genome_that_locates_the_harness_through_lab(small_dataset, tmp_path):
@@ -598,12 +553,12 @@ def test_r11_a_child_that_fits_val_but_not_heldout_is_penalized_by_thresholdout_
     row = add_child(evolution, (GENOMES / "evo_tiny.py").read_text().replace("WIDTH = 16", "WIDTH = 8"),
                     "overfits val")
     finish(evolution, row, fake(val=2.50, heldout=3.40))  # 0.5 better on val, 0.38 worse on held-out
-    rec = evolution.records[row["genome_id"]]
+    rec = evolution.state.records[row.genome_id]
     assert rec.answer > 3.0 and rec.penalty > 0.5  # Thresholdout revealed the held-out gap
-    assert rec.fitness < evolution.records[evolution.seed_ids[0]].fitness
-    assert not rec.candidate and evolution.incumbent == evolution.seed_ids[0]
-    done = evolution.journal.evaluations("genome_id = ?", (row["genome_id"],))[0]
-    assert done["revealed"] == 1 and done["penalty"] == pytest.approx(rec.penalty)
+    assert rec.fitness < evolution.state.records[evolution.state.seed_ids[0]].fitness
+    assert not rec.candidate and evolution.state.incumbent == evolution.state.seed_ids[0]
+    done = next(e for e in evolution.journal.all_evaluations() if e.genome_id == row.genome_id)
+    assert done.revealed == 1 and done.penalty == pytest.approx(rec.penalty)
 
 
 # ================================================================= row 12: hardware and contention confounds
@@ -613,7 +568,7 @@ def test_r12_every_evaluation_journals_the_slot_it_ran_in(tmp_path):
         finish(evolution, evolution.next_evaluation(), fake(val=val), slot_name)
     row = add_child(evolution, (GENOMES / "evo_tiny.py").read_text().replace("WIDTH = 16", "WIDTH = 32"), "w")
     finish(evolution, row, fake(val=3.01), "gpu0")
-    journaled = [(r["purpose"], r["slot"]) for r in evolution.journal.evaluations("state = 'done'")]
+    journaled = [(r.purpose, r.slot) for r in evolution.journal.done_evaluations()]
     assert sorted(journaled) == [("child", "gpu0"), ("noise", "cpu0"), ("noise", "cpu1")]
 
 
@@ -621,8 +576,8 @@ def test_r12_every_evaluation_journals_the_slot_it_ran_in(tmp_path):
 def test_r13_a_model_that_learns_from_the_eval_stream_is_refused_before_it_is_scored(small_dataset, tmp_path):
     """The artifact is functionalized at load: its index_add_ into a buffer becomes a declared mutation."""
     result, _ = slot(RED / "r13_test_time_training.py", small_dataset, tmp_path / "slot")
-    assert (result["status"], result["reason"]) == ("failed", "bad_artifact"), result
-    assert "changes its buffers" in result["detail"] and "val_bpb" not in result
+    assert (result.status, result.reason) == ("failed", "bad_artifact"), result
+    assert "changes its buffers" in result.detail and result.val_bpb is None
 
 
 # ================================================================= row 14: a hack spreading through crossover
@@ -648,18 +603,18 @@ def test_r14_with_crossover_forced_a_flagged_genome_with_the_best_score_is_never
     for name, (source, res) in children.items():
         row = add_child(evolution, source, name)
         finish(evolution, row, res)
-        ids[name] = row["genome_id"]
-    assert {m.genome_id for m in evolution.population} == {evolution.seed_ids[0], ids["good_a"], ids["good_b"]}
+        ids[name] = row.genome_id
+    assert {m.genome_id for m in evolution.state.population} == {evolution.state.seed_ids[0], ids["good_a"], ids["good_b"]}
     crossovers, mates = 0, set()
     for index in range(100, 200):
-        child = evolution.propose(index)
+        child = evolution.breeder.propose(index)
         if child is None or len(child.parents) != 2:
             continue
         crossovers += 1
         mates.update(child.parents)
         assert ids["flagged"] not in child.parents, f"proposal {index} mated the flagged genome: {child.parents}"
     assert crossovers > 20
-    assert mates == {evolution.seed_ids[0], ids["good_a"], ids["good_b"]}
+    assert mates == {evolution.state.seed_ids[0], ids["good_a"], ids["good_b"]}
 
 
 # ================================================================= sandbox escapes
@@ -688,7 +643,7 @@ def test_escape_network_every_connection_fails_under_bwrap_and_the_host_listener
         assert r[name][0] != "ok", (name, r[name])
     with pytest.raises(BlockingIOError):
         listener.accept()
-    assert (result["status"], result["reason"]) == ("failed", "no_submit")
+    assert (result.status, result.reason) == ("failed", "no_submit")
 
 
 @needs_bwrap
@@ -706,7 +661,7 @@ def test_escape_secrets_in_the_harness_environment_never_reach_the_genome(small_
     for path in (tmp_path / "slot").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"the secret leaked into {path}"
-    assert (result["status"], result["reason"]) == ("failed", "no_submit")
+    assert (result.status, result.reason) == ("failed", "no_submit")
 
 
 def test_escape_secrets_is_rejected_by_the_environ_rule(small_dataset, tmp_path):
@@ -728,7 +683,7 @@ def test_escape_writing_outside_the_work_dir_leaves_no_file_on_the_host(small_da
     assert list(outside.iterdir()) == []
     assert not list(REPO.glob(mark + "*")) and not list(small_dataset.path.glob(mark + "*"))
     assert not list((tmp_path / "slot").glob(mark + "*"))
-    assert (result["status"], result["reason"]) == ("failed", "no_submit")
+    assert (result.status, result.reason) == ("failed", "no_submit")
 
 
 def test_escape_writing_outside_is_rejected_by_the_path_rule(small_dataset, tmp_path):
@@ -742,7 +697,7 @@ def test_escape_lingering_daemons_are_killed_when_the_slot_ends_and_the_slot_sti
     result, stdout = slot(genome, small_dataset, tmp_path / "slot", static_checks=False)
     assert "spawned daemons, trained" in stdout
     assert_honest_probes(result)
-    assert result["leftover_processes"] == 2
+    assert result.leftover_processes == 2
     deadline = time.monotonic() + 3
     while processes_with(mark) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -757,4 +712,4 @@ def test_escape_lingering_is_rejected_by_the_process_rule(small_dataset, tmp_pat
 # ================================================================= a harness bug found on the way (fixed)
 def test_bug_an_honest_genome_that_calls_torch_compile_right_after_connect_scores_ok(small_dataset, tmp_path):
     result, _ = slot(RED / "bug_compile_after_connect.py", small_dataset, tmp_path / "slot")
-    assert result["status"] == "ok", result.get("stderr_tail", "")[-600:]
+    assert result.status == "ok", result.stderr_tail[-600:]
