@@ -7,35 +7,31 @@ changes the run, and a run without a terminal (`--quiet`) is the same run.
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
-
-from rich.console import Console
 
 from evo.genome import Genome
 from evo.journal import Evaluation
 from evo.state import Event, RunState
 from evo.tblog import TensorBoardLog
+from evo.terminal import Terminal
 from gpt.result import SlotResult
 
 
 class Reporter:
-    """The terminal (rich, one line per event) and the run's TensorBoard log (RUN_DIR/tb)."""
+    """The terminal (evo/terminal.py) and the run's TensorBoard log (RUN_DIR/tb, evo/tblog.py)."""
 
     def __init__(self, run_dir: Path, quiet: bool = False):
-        self.console = Console(file=sys.stderr, highlight=False, quiet=quiet,
-                               width=None if sys.stderr.isatty() else 200)
+        self.terminal = Terminal(quiet=quiet)
         self.tb = TensorBoardLog(run_dir)
 
     def note(self, text: str) -> None:
-        self.console.print(f"[bold]{text}[/bold]")
+        self.terminal.note(text)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.tb.text(tag, text, step)
 
     def started(self, slot: str, evaluation: Evaluation, genome: Genome) -> None:
-        what = evaluation.purpose if evaluation.purpose != "child" else f"{genome.operator}: {genome.rationale}"
-        self.console.print(f"  {slot}: start {evaluation.genome_id} ({what[:100]})", style="dim")
+        self.terminal.started(slot, evaluation, genome)
 
     def event(self, event: Event, state: RunState, step: int) -> None:
         """A finding of the run state, in words (and, for a new best, its diff in TensorBoard)."""
@@ -74,27 +70,8 @@ class Reporter:
             values = [m.fitness.values[0] for m in state.population]
             self.tb.population(seq, statistics.fmean(values), statistics.median(values))
         self.tb.flush()
-        self.console.print(self._line(seq, state.config.evals, evaluation, genome, result, state),
-                           style={"ok": None, "flagged": "red", "failed": "yellow"}.get(result.status))
-
-    @staticmethod
-    def _line(seq: int, limit: int, evaluation: Evaluation, genome: Genome, result: SlotResult,
-              state: RunState) -> str:
-        seed, best = state.seed, state.best
-        if result.status == "ok":
-            outcome = f"val {result.val_bpb:.4f} on {result.scored_tokens or '?'} tokens"
-            if seed and seed.mean is not None:
-                outcome += f" ({result.val_bpb - seed.mean:+.4f} vs seed)"
-        else:
-            outcome = f"{result.status}: {result.reason}"
-        if result.contended:
-            outcome += f" (contended: CPU share {result.cpu_share or 0:.2f}, run again)"
-        line = f"[{seq}/{limit}]" if limit else f"[{seq}]"
-        line += f" {evaluation.genome_id} {evaluation.purpose:<6} {genome.operator:<15} {outcome}"
-        if best and best.mean is not None and seed and seed.mean is not None:
-            line += f" | best {best.mean:.4f} ({seed.mean - best.mean:+.4f} over seed"
-            line += f", floor {state.floor:.4f})" if state.floor is not None else ")"
-        return line
+        self.terminal.finished(seq, evaluation, genome, result, state)
 
     def close(self) -> None:
+        self.terminal.close()
         self.tb.close()
