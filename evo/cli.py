@@ -46,6 +46,7 @@ def _add_harness_commands(sub, commands) -> None:
 
 def _add_run_commands(sub, commands) -> None:
     from evo import config as cfg
+    from evo import status
 
     p = sub.add_parser("run", help="evolve a population of training scripts")
     p.add_argument("--config", help="run.toml (see examples/run.toml)")
@@ -66,7 +67,7 @@ def _add_run_commands(sub, commands) -> None:
     p = sub.add_parser("status", help="the best genomes and the run's progress")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=15)
-    p.set_defaults(func=commands.cmd_status)
+    p.set_defaults(func=status.cmd_status)
 
     p = sub.add_parser("show", help="one genome's metrics and its diff against its parent")
     p.add_argument("run_dir")

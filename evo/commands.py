@@ -107,14 +107,6 @@ def cmd_resume(args) -> int:
 
 
 # ------------------------------------------------------------------ inspecting runs
-def cmd_status(args) -> int:
-    from evo.status import print_status
-
-    run = open_run(args.run_dir)
-    print_status(run, RunState.replay(run.config, run.journal)[0], args.top)
-    return 0
-
-
 def cmd_show(args) -> int:
     run = open_run(args.run_dir)
     state = RunState.replay(run.config, run.journal)[0]

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -65,6 +68,29 @@ class Run:
                       seed=seed, grace_s=c.grace_s or None, eval_tokens=c.eval_tokens,
                       eval_seq_len=c.eval_seq_len, sandbox=c.sandbox, contended_share=c.contended_share)
         return replace(job, **changes)
+
+    def claim(self) -> None:
+        """Journal that this process now drives the run (`evo status` tells a live controller from a dead one)."""
+        self.journal.set_meta("controller", {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+
+    def release(self) -> None:
+        self.journal.set_meta("controller", None)
+
+    def controller_alive(self) -> bool | None:
+        """Whether the process that last drove the run still runs: True, False, or None when it ran on
+        another host (unknown from here)."""
+        owner = self.journal.get_meta("controller")
+        if not owner:
+            return False
+        if owner.get("host") != socket.gethostname():
+            return None
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def eval_dir(self, eval_id: int, attempt: int) -> Path:
         return self.path / "evals" / f"{eval_id:05d}-{attempt}"

@@ -87,6 +87,7 @@ class Scheduler:
         from gpt.sealing import describe
 
         self.reporter.text("integrity", describe(self.journal.get_meta("integrity")))
+        self.directory.claim()
         deadline = self.started_at + self.config.hours * 3600 if self.config.hours else float("inf")
         stop = None
         try:
@@ -107,6 +108,7 @@ class Scheduler:
         finally:
             self.breeder.close()
             self.reporter.close()
+            self.directory.release()
         return self._end(stop)
 
     def _limit_reached(self, deadline: float) -> Stop | None:

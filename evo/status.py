@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import sys
 
-from evo.run import Run
+from evo.run import Run, open_run
 from evo.state import RunState
+
+
+def cmd_status(args) -> int:
+    run = open_run(args.run_dir)
+    print_status(run, RunState.replay(run.config, run.journal)[0], args.top)
+    return 0
 
 
 def print_status(run: Run, state: RunState, top: int) -> None:
