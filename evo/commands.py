@@ -59,7 +59,7 @@ def _config_from_args(args) -> cfg.RunConfig:
 
 def _session(run: Run, state: RunState, replayed: list, quiet: bool) -> int:
     """Slots, breeder, reporter and scheduler for one session of a run; prints the summary."""
-    from evo.breeding import Breeder
+    from evo.breeding import Breeder, slot_facts
     from evo.reporter import Reporter
     from evo.scheduler import Scheduler
     from evo.slots import SlotPool
@@ -67,7 +67,8 @@ def _session(run: Run, state: RunState, replayed: list, quiet: bool) -> int:
     c = run.config
     pool = SlotPool.create(c.device, c.slots, c.dask_scheduler)
     reporter = Reporter(run.path, quiet=quiet)
-    breeder = Breeder(state, run.journal, run.path, n_slots=len(pool.slots), note=reporter.note)
+    breeder = Breeder(state, run.journal, run.path, n_slots=len(pool.slots), note=reporter.note,
+                      slot_facts=slot_facts(run, pool.slots))
     scheduler = Scheduler(run, state, breeder, reporter, pool)
     scheduler.follow_up(replayed)  # re-queue what a crash may have lost
     summary = scheduler.run()
