@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deap import base
 
-from evo.genome import Genome, OperatorContext, OperatorFailure
+from evo.genome import Genome, OperatorContext, OperatorFailure, SlotFacts
 from evo.journal import Evaluation, Journal
 from evo.state import RunState, new_member
 from gpt.result import SlotResult
@@ -38,11 +38,26 @@ def select_tournament(individuals: list, k: int, rng: random.Random, tournsize: 
     return [max((rng.choice(individuals) for _ in range(tournsize)), key=attrgetter("fitness")) for _ in range(k)]
 
 
+def slot_facts(run, slots) -> SlotFacts:
+    """The regime the LLM operators are told about: budget, hardware, corpus (train split facts only)."""
+    from gpt.dataset import Dataset
+    from gpt.sources import parse_source
+
+    manifest = Dataset(Path(run.dataset)).manifest
+    tokenizer = manifest.get("tokenizer") or {}
+    return SlotFacts(budget_s=run.config.budget_s, device=slots[0].device, threads=slots[0].threads,
+                     slots=len(slots), corpus=parse_source(manifest["source"]).kind,
+                     tokenizer=tokenizer.get("name", ""), vocab_size=tokenizer.get("vocab_size"),
+                     train_tokens=manifest["tokens"]["train"], train_documents=manifest["documents"]["train"])
+
+
 class Breeder:
     """Makes children from a read-only view of the run state."""
 
-    def __init__(self, state: RunState, journal: Journal, run_dir: Path, n_slots: int = 1, note=print):
+    def __init__(self, state: RunState, journal: Journal, run_dir: Path, n_slots: int = 1, note=print,
+                 slot_facts: SlotFacts | None = None):
         self.state, self.journal, self.config, self.note = state, journal, state.config, note
+        self.slot_facts = slot_facts
         self.toolbox = base.Toolbox()
         self.toolbox.register("select", select_tournament, tournsize=self.config.tournament_size)
         self.llm = None  # the LLM client, when [llm] configures models
@@ -98,7 +113,7 @@ class Breeder:
         """What operators may know of the run: public facts only."""
         rows = self.config.llm.history_rows if self.llm else 0
         return OperatorContext(noise_floor=self.state.floor, history=self.state.history(rows),
-                               memory=self.journal.latest_memory())
+                               memory=self.journal.latest_memory(), slot=self.slot_facts)
 
     def propose(self, index: int) -> Genome | None:
         """Proposal `index`: select parents from the population as it stands and apply one operator."""

@@ -106,14 +106,46 @@ class ParentInfo:
 
 
 @dataclass(frozen=True)
+class SlotFacts:
+    """The regime a child will be trained in, so a model need not guess it: the slot's budget and
+    hardware and the training corpus (train split facts only; never a path, a secret or an eval split)."""
+
+    budget_s: float
+    device: str = "cpu"
+    threads: int = 0
+    slots: int = 1
+    corpus: str = ""  # the source's kind: builtin, text, parquet, hf, ...
+    tokenizer: str = ""
+    vocab_size: int | None = None
+    train_tokens: int | None = None
+    train_documents: int | None = None
+
+    def describe(self) -> str:
+        hardware = self.device + (f", {self.threads} CPU threads" if self.threads else "")
+        lines = [f"training budget per slot: {self.budget_s:g} s of wall clock on {hardware} "
+                 f"({self.slots} slot{'s' if self.slots != 1 else ''} in parallel)"]
+        if self.corpus:
+            corpus = f"corpus: {self.corpus}"
+            if self.tokenizer:
+                corpus += f", tokenizer {self.tokenizer}" + (f" (vocabulary {self.vocab_size})" if self.vocab_size else "")
+            if self.train_tokens:
+                corpus += f", {self.train_tokens:,} train tokens"
+            if self.train_documents:
+                corpus += f" in {self.train_documents:,} documents"
+            lines.append(corpus)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class OperatorContext:
     """What an operator may know about the run when it makes one child: a snapshot built by the
     breeder from the run state (public facts only). History rows are dicts with the keys child,
-    operator, idea, delta_val_bpb (against the child's parent's mean), status."""
+    operator, idea, delta_val_bpb (against the child's parent's mean), n_evals, status."""
 
     noise_floor: float | None = None
     history: tuple[dict, ...] = ()
     memory: str | None = None
+    slot: SlotFacts | None = None
 
     def recent_history(self, n: int) -> list[dict]:
         return list(self.history[-n:]) if n > 0 else []

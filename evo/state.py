@@ -70,6 +70,7 @@ class GenomeRecord:
     last_revealed: bool = False  # whether its latest query was a reveal
     candidate: bool = False
     confirmed: bool = False
+    not_confirmed: bool = False  # was a candidate; its re-evaluation did not confirm it
     train_seconds: float | None = None
     steps: int | None = None
     cpu_seconds: list = field(default_factory=list)  # the runner's CPU measurement of each folded evaluation
@@ -78,6 +79,23 @@ class GenomeRecord:
     @property
     def mean(self) -> float | None:
         return statistics.fmean(self.vals) if self.vals else None
+
+
+def _status_word(rec: GenomeRecord | None, result: SlotResult | None) -> str:
+    """A child's standing in words, for prompts: confirmed, not confirmed, candidate, flagged, failed, ok."""
+    if result is None or (rec is None and result.status == "ok"):
+        return "ok"
+    if rec is not None and rec.flagged:
+        return f"flagged: {rec.flagged}"
+    if rec is not None and rec.failed:
+        return f"failed: {rec.failed}"
+    if result.status != "ok":
+        return f"{result.status}: {result.reason}"
+    if rec.confirmed:
+        return "confirmed"
+    if rec.not_confirmed:
+        return "not confirmed"
+    return "candidate" if rec.candidate else "ok"
 
 
 def contended(rec: GenomeRecord, result: SlotResult) -> bool:
@@ -133,17 +151,20 @@ class RunState:
                           last_child_failure=self.last_child_failure.get(genome_id))
 
     def history(self, n: int) -> tuple[dict, ...]:
-        """The last n evaluated children: public facts only (no held-out values, no probe internals)."""
+        """The last n evaluated children: public facts only (no held-out values, no probe internals).
+        `delta_val_bpb` is the child's mean against its first parent's mean, `n_evals` how many
+        evaluations the child's mean has, and `status` says whether it was confirmed."""
         rows = []
         for evaluation in self.journal.recent_children(n):
             genome, result = self.journal.genome(evaluation.genome_id), evaluation.result
+            rec = self.records.get(evaluation.genome_id)
             parent = self.records.get(genome.parents[0]) if genome.parents else None
-            val = result.val_bpb if result else None
-            delta = (val - parent.mean) if (val is not None and parent and parent.mean is not None) else None
-            status = result.status if result and result.status != "failed" else f"failed: {result and result.reason}"
+            mean = rec.mean if rec and rec.mean is not None else (result.val_bpb if result else None)
+            delta = (mean - parent.mean) if (mean is not None and parent and parent.mean is not None) else None
             rows.append({"child": evaluation.genome_id, "operator": genome.operator,
                          "idea": genome.rationale.splitlines()[0] if genome.rationale else "",
-                         "delta_val_bpb": delta, "status": status})
+                         "delta_val_bpb": delta, "n_evals": len(rec.vals) if rec else 0,
+                         "status": _status_word(rec, result)})
         return tuple(rows)
 
     def summary(self) -> dict:
@@ -288,6 +309,6 @@ class RunState:
             self.incumbent, rec.confirmed = gid, True
             return [Event("new_best", gid, {"val_bpb": rec.mean, "n_evals": len(rec.vals)})]
         if rec.candidate:
-            rec.candidate = False
+            rec.candidate, rec.not_confirmed = False, True
             return [Event("not_confirmed", gid, {"vals": list(rec.vals), "mean": rec.mean})]
         return []

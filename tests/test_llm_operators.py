@@ -72,7 +72,8 @@ def test_mutation_applies_edits(server, tmp_path):
     assert origin["model"] == "coder" and origin["cost_usd"] == pytest.approx(3000 * 3e-6 + 200 * 15e-6)
     prompt = server.prompts()[0]
     assert TINY.strip() in prompt and "mean val_bpb: 1.9500 over 3 evaluations" in prompt
-    assert "noise floor: 0.0040" in prompt and "train seconds: 29.7" in prompt and "steps: 850" in prompt
+    assert "noise floor: 0.0040" in prompt and "connect to submit): 29.7" in prompt
+    assert "steps (as the script printed them): 850" in prompt
     assert server.requests[0]["messages"][0]["role"] == "system"
     assert "train_batches" in server.requests[0]["messages"][0]["content"]
 

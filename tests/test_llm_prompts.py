@@ -1,7 +1,7 @@
 """Prompt templates: the packaged brief, user briefs, template overrides, and what a prompt may contain."""
 import pytest
 
-from evo.genome import Genome, OperatorContext, ParentInfo
+from evo.genome import Genome, OperatorContext, ParentInfo, SlotFacts
 from evo.llm_config import LLMConfig
 from evo.llm.prompts import PromptBook, history_table, metrics_text
 from gpt.errors import UserError
@@ -30,6 +30,26 @@ def test_mutation_messages():
     assert "noise floor: 0.0020" in user and "(no children yet)" in user and "(no notes yet)" in user
     assert "<<<<<<< SEARCH" in user and "steps:" not in metrics_text(info())  # steps only when known
     assert "FAILED" not in user
+
+
+def test_the_prompt_states_the_slot_the_parent_throughput_and_what_each_child_did_against_its_parent():
+    slot = SlotFacts(budget_s=300.0, device="cuda", threads=0, slots=8, corpus="hf", tokenizer="bpe",
+                     vocab_size=8192, train_tokens=123_456_789, train_documents=4321)
+    parent = info(mean_val_bpb=1.5, n_evals=3, train_seconds=300.0, steps=1200)
+    history = [{"child": "c1", "operator": "llm_mutation", "idea": "muon", "delta_val_bpb": -0.02, "n_evals": 2,
+                "status": "confirmed"},
+               {"child": "c2", "operator": "knob_mutation", "idea": "lr", "delta_val_bpb": -0.01, "n_evals": 2,
+                "status": "not confirmed"}]
+    for messages in (PromptBook().mutation(parent, history, None, 0.004, slot),
+                     PromptBook().crossover(parent, info(mean_val_bpb=1.6), history, None, 0.004, slot)):
+        user = messages[1]["content"]
+        assert "training budget per slot: 300 s of wall clock on cuda (8 slots in parallel)" in user
+        assert "corpus: hf, tokenizer bpe (vocabulary 8192), 123,456,789 train tokens in 4,321 documents" in user
+        assert "throughput: 4.00 steps per train second" in user
+        assert "val_bpb vs parent" in user and "confirmed" in user and "not confirmed" in user
+        assert "|     2 |" in user  # each child's number of evaluations
+    unknown = PromptBook().mutation(parent, [], None)[1]["content"]
+    assert "(not given: assume the script's own settings fit the slot)" in unknown
 
 
 def test_metrics_without_values():

@@ -74,6 +74,11 @@ def test_evo_run_with_llm_model_evaluates_llm_children_and_keeps_secrets(tmp_pat
     assert calls[1] == sum(u["completion_tokens"] for u in served)
     assert calls[2] == pytest.approx((calls[0] * 3.0 + calls[1] * 15.0) / 1e6)
 
+    # the mutation prompt states the regime: the slot's budget and hardware, the train corpus
+    text = "\n".join(prompts)
+    assert "training budget per slot: 1 s of wall clock on cpu" in text
+    assert "corpus: text, tokenizer byte (vocabulary 256)" in text and "train tokens in" in text
+
     # no held-out or test value, and no Thresholdout answer, ever reached a prompt
     heldouts = [h for (h,) in db.execute("SELECT heldout_bpb FROM evaluations WHERE heldout_bpb IS NOT NULL")]
     assert heldouts

@@ -107,7 +107,8 @@ class LLMMutation(_LLMOperator):
     arity = 1
 
     def _messages(self, parents: list[ParentInfo], context: OperatorContext) -> list[dict]:
-        return self.prompts.mutation(parents[0], self._history(context), context.memory, context.noise_floor)
+        return self.prompts.mutation(parents[0], self._history(context), context.memory, context.noise_floor,
+                                     context.slot)
 
 
 class LLMCrossover(_LLMOperator):
@@ -124,7 +125,7 @@ class LLMCrossover(_LLMOperator):
 
     def _messages(self, parents: list[ParentInfo], context: OperatorContext) -> list[dict]:
         return self.prompts.crossover(parents[0], parents[1], self._history(context), context.memory,
-                                      context.noise_floor)
+                                      context.noise_floor, context.slot)
 
 
 def summarize(client: LLMClient, history_rows: list[dict], previous: str | None = None,

@@ -7,9 +7,10 @@ built-in brief or replaces it. Everything is loaded and checked when the book is
 so a broken template is a UserError at start.
 
 What may enter a prompt is fixed here: a parent's source and its public metrics (a
-`ParentInfo`, which has no held-out fields), the run's noise floor, the latest run note,
-and history rows, of which only the keys `child`, `operator`, `idea`, `delta_val_bpb` and
-`status` are ever read.
+`ParentInfo`, which has no held-out fields), the run's noise floor, the slot's regime
+(`SlotFacts`: budget, hardware, train corpus), the latest run note, and history rows, of
+which only the keys `child`, `operator`, `idea`, `delta_val_bpb`, `n_evals` and `status`
+are ever read.
 """
 from __future__ import annotations
 
@@ -17,17 +18,17 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from evo.genome import ParentInfo, diff_text
+from evo.genome import ParentInfo, SlotFacts, diff_text
 from gpt.errors import UserError
 
 RAW_TEXTS = ("brief", "format")  # plain text, no placeholders ($ is just a dollar sign)
 TEMPLATES = {  # template -> the placeholders it may use
-    "mutate": ("parent_source", "parent_metrics", "failure", "history", "memory", "answer_format"),
-    "crossover": ("source_a", "metrics_a", "metrics_b", "diff", "history", "memory", "answer_format"),
+    "mutate": ("parent_source", "parent_metrics", "failure", "history", "memory", "answer_format", "setting"),
+    "crossover": ("source_a", "metrics_a", "metrics_b", "diff", "history", "memory", "answer_format", "setting"),
     "repair": ("error",),
     "summary": ("history", "memory", "n_rows"),
 }
-HISTORY_KEYS = ("child", "operator", "idea", "delta_val_bpb", "status")
+HISTORY_KEYS = ("child", "operator", "idea", "delta_val_bpb", "n_evals", "status")
 STDERR_TAIL_CHARS = 2000
 IDEA_CHARS = 90
 MEMORY_CHARS = 3000
@@ -79,9 +80,10 @@ class PromptBook:
 
     # ---------------------------------------------------------------- prompts
     def mutation(self, parent: ParentInfo, history: list[dict], memory: str | None,
-                 noise_floor: float | None = None) -> list[dict]:
+                 noise_floor: float | None = None, slot: SlotFacts | None = None) -> list[dict]:
         return self._messages(self._fill(
             "mutate",
+            setting=setting_text(slot),
             parent_source=parent.genome.source.rstrip("\n"),
             parent_metrics=metrics_text(parent, noise_floor),
             failure=failure_text(parent),
@@ -91,10 +93,11 @@ class PromptBook:
         ))
 
     def crossover(self, a: ParentInfo, b: ParentInfo, history: list[dict], memory: str | None,
-                  noise_floor: float | None = None) -> list[dict]:
+                  noise_floor: float | None = None, slot: SlotFacts | None = None) -> list[dict]:
         diff = diff_text(a.genome.source, b.genome.source, "a.py", "b.py").rstrip("\n")
         return self._messages(self._fill(
             "crossover",
+            setting=setting_text(slot),
             source_a=a.genome.source.rstrip("\n"),
             metrics_a=metrics_text(a, noise_floor),
             metrics_b=metrics_text(b, noise_floor),
@@ -138,10 +141,17 @@ def metrics_text(parent: ParentInfo, noise_floor: float | None = None) -> str:
     if floor is not None:
         lines.append(f"noise floor: {floor:.4f} (differences smaller than this are noise)")
     if parent.train_seconds is not None:
-        lines.append(f"train seconds: {parent.train_seconds:.1f}")
+        lines.append(f"train seconds (the runner's clock, connect to submit): {parent.train_seconds:.1f}")
     if parent.steps is not None:
-        lines.append(f"steps: {parent.steps}")
+        lines.append(f"steps (as the script printed them): {parent.steps}")
+        if parent.train_seconds:
+            lines.append(f"throughput: {parent.steps / parent.train_seconds:.2f} steps per train second")
     return "\n".join(lines)
+
+
+def setting_text(slot: SlotFacts | None) -> str:
+    """The regime the child will train in (budget, hardware, corpus), or a line saying it is unknown."""
+    return slot.describe() if slot else "(not given: assume the script's own settings fit the slot)"
 
 
 def failure_text(parent: ParentInfo) -> str:
@@ -168,14 +178,15 @@ def history_table(rows: list[dict]) -> str:
     """Compact table of recent children. Reads only HISTORY_KEYS of each row."""
     if not rows:
         return "(no children yet)"
-    lines = ["child        | operator        | change in val_bpb | status   | idea"]
+    lines = ["child        | operator        | val_bpb vs parent | evals | status        | idea"]
     for row in rows:
-        child, operator, idea, delta, status = (row.get(k) for k in HISTORY_KEYS)
+        child, operator, idea, delta, n_evals, status = (row.get(k) for k in HISTORY_KEYS)
         idea = " ".join(str(idea or "").split())
         if len(idea) > IDEA_CHARS:
             idea = idea[: IDEA_CHARS - 1] + "…"
         lines.append(f"{str(child or '-')[:12]:<12} | {str(operator or '-')[:15]:<15} | {_delta(delta):>17} | "
-                     f"{str(status or '-')[:8]:<8} | {idea or '-'}")
+                     f"{str(n_evals if n_evals is not None else '-'):>5} | {str(status or '-')[:13]:<13} | "
+                     f"{idea or '-'}")
     return "\n".join(lines)
 
 
