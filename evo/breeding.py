@@ -51,6 +51,17 @@ def slot_facts(run, slots) -> SlotFacts:
                      train_tokens=manifest["tokens"]["train"], train_documents=manifest["documents"]["train"])
 
 
+def price_warnings(llm) -> list[str]:
+    """Models without prices make every cost read $0, so `budget_usd` can never stop the spending."""
+    free = [m.model for m in llm.models if not (m.price_in_per_m or m.price_out_per_m)]
+    if not free:
+        return []
+    text = (f"no prices for {', '.join(free)}: their calls are counted as $0"
+            + (f", so llm.budget_usd = {llm.budget_usd:g} cannot stop them" if llm.budget_usd else "")
+            + "; set price_in_per_m and price_out_per_m (US dollars per million tokens) in [[llm.models]]")
+    return [text]
+
+
 class Breeder:
     """Makes children from a read-only view of the run state."""
 
@@ -83,6 +94,8 @@ class Breeder:
 
         llm = self.config.llm
         llm.check_keys()
+        for warning in price_warnings(llm):
+            self.note(f"warning: {warning}")
         self.prompts = PromptBook.from_config(llm)
         self.llm = LLMClient(llm, run_dir, self.journal.record_llm_call, random.Random(f"{self.config.seed}:llm"))
         self.llm.restore(self.journal.llm_calls())

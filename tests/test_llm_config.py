@@ -172,3 +172,15 @@ def test_config_reads_without_openai_libcst_or_the_llm_package():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['evo', 'evo.llm_config']"
+
+
+def test_models_without_prices_are_named_in_a_warning_that_says_the_budget_cannot_stop_them():
+    from evo.breeding import price_warnings
+
+    priced = LLMConfig.from_dict({"models": [{"model": "a", "price_in_per_m": 1.0, "price_out_per_m": 2.0}]})
+    assert price_warnings(priced) == []
+    free = LLMConfig.from_dict({"budget_usd": 5.0, "models": [{"model": "a", "price_in_per_m": 1.0},
+                                                              {"model": "local", "api_key_env": ""}]})
+    (warning,) = price_warnings(free)
+    assert "local" in warning and "a," not in warning and "budget_usd = 5 cannot stop them" in warning
+    assert "price_in_per_m" in warning
