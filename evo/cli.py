@@ -64,9 +64,13 @@ def _add_run_commands(sub, commands) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=commands.cmd_resume)
 
-    p = sub.add_parser("status", help="the best genomes and the run's progress")
+    p = sub.add_parser("status", help="the best genomes, each with its state, and the run's progress")
     p.add_argument("run_dir")
-    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--top", type=int, default=15, help="genomes in the table (0: all; default 15)")
+    p.add_argument("--json", action="store_true", help="one JSON object for scripts (keys: see evo/status.py)")
+    p.add_argument("--watch", nargs="?", type=float, const=status.DEFAULT_WATCH_SECONDS, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) until Ctrl-C; only reads the run, so it can watch one "
+                        "another process drives (put it after RUN_DIR)")
     p.set_defaults(func=status.cmd_status)
 
     p = sub.add_parser("show", help="one genome's metrics and its diff against its parent")

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from evo import config as cfg
 from evo.genome import Genome, diff_text
-from evo.run import Run, create_run, integrity_check, open_run
+from evo.run import Run, check_writable, create_run, integrity_check, open_run
 from evo.state import RunState
 from gpt.errors import UserError
 from gpt.result import SUMMARY_FIELDS, SlotResult
@@ -66,7 +67,7 @@ def _session(run: Run, state: RunState, replayed: list, quiet: bool) -> int:
 
     c = run.config
     pool = SlotPool.create(c.device, c.slots, c.dask_scheduler)
-    reporter = Reporter(run.path, quiet=quiet)
+    reporter = Reporter(run.path, quiet=quiet, run=run)
     breeder = Breeder(state, run.journal, run.path, n_slots=len(pool.slots), note=reporter.note,
                       slot_facts=slot_facts(run, pool.slots))
     scheduler = Scheduler(run, state, breeder, reporter, pool)
@@ -84,6 +85,7 @@ def cmd_run(args) -> int:
     run_dir = Path(config.out or Path("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.preset}")
     if (run_dir / "journal.sqlite").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with `evo resume {run_dir}` or pick --out")
+    check_writable(run_dir, "the run directory")  # before the dataset is prepared, which may take long
     from evo.slots import plan_slots
     from gpt.data import prepare
 
@@ -109,7 +111,7 @@ def cmd_resume(args) -> int:
 
 # ------------------------------------------------------------------ inspecting runs
 def cmd_show(args) -> int:
-    run = open_run(args.run_dir)
+    run = open_run(args.run_dir, readonly=True)
     state = RunState.replay(run.config, run.journal)[0]
     gid = run.journal.find_genome(args.genome_id)
     genome, rec = run.journal.genome(gid), state.records.get(gid)
@@ -161,7 +163,7 @@ def _eval_job(args, genome: Path, out: Path, device: str):
 
     threads = (os.cpu_count() or 1) if device == "cpu" else 0
     if args.run:  # score exactly as that run does: its dataset, scoring settings, slot budget and sandbox
-        run = open_run(args.run)
+        run = open_run(args.run, readonly=True)
         dataset = Dataset(Path(run.dataset))
         job = run.slot_job(genome, out, args.seed, device=device, test=args.test, threads=threads)
         allow_unsealed = run.config.allow_unsealed or args.allow_unsealed
@@ -170,10 +172,43 @@ def _eval_job(args, genome: Path, out: Path, device: str):
         job = SlotJob(genome=str(genome), dataset=str(dataset.path), out_dir=str(out), budget_s=30.0, seed=args.seed,
                       device=device, test=args.test, threads=threads)
         allow_unsealed = args.allow_unsealed
-    for key, flag in (("budget_s", args.budget), ("eval_tokens", args.eval_tokens), ("grace_s", args.grace)):
-        if flag is not None:
-            job = replace(job, **{key: flag})
+    job = replace(job, **_eval_flags(args))
     return job, dataset, integrity_check(dataset, job.sandbox, allow_unsealed)
+
+
+def _eval_flags(args) -> dict:
+    """--budget, --eval-tokens and --grace as job fields, checked by the config's rules (as `evo run` checks them)."""
+    values = {}
+    for key, flag, value in (("budget_s", "--budget", args.budget), ("eval_tokens", "--eval-tokens", args.eval_tokens),
+                             ("grace_s", "--grace", args.grace)):
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{flag} {value}: {cfg.KEYS[key].section}.{key} must be a finite number")
+        try:
+            values[key] = cfg.check_value(key, value)
+        except UserError as exc:
+            raise UserError(f"{flag} {value:g}: {exc}") from None
+    return values
+
+
+def print_result(result: SlotResult, file=sys.stdout) -> None:
+    """`evo eval`'s answer: every summary field, but of a failed slot only those that have a value; then
+    why it failed or was flagged (the detail, static findings not in it) and, failed, its stderr's tail."""
+    values = result.to_dict()
+    keys = [k for k in SUMMARY_FIELDS if values.get(k) is not None] if result.failed else SUMMARY_FIELDS
+    print_fields(values, keys, width=17, file=file)
+    if result.ok:
+        return
+    if result.detail:
+        print("detail:          " + result.detail.strip().replace("\n", "\n" + " " * 17), file=file)
+    for f in result.static_findings:
+        line = f"line {f.get('line')}: [{f.get('rule')}, {f.get('severity')}] {f.get('message')}"
+        if line not in (result.detail or ""):
+            print(f"finding:         {line}", file=file)
+    if result.failed and result.stderr_tail:
+        print("--- stderr (tail)", file=sys.stderr)
+        print(result.stderr_tail, file=sys.stderr)
 
 
 def cmd_eval(args) -> int:
@@ -183,19 +218,14 @@ def cmd_eval(args) -> int:
     genome = Path(args.genome)
     if not genome.is_file():
         raise UserError(f"genome {genome} does not exist; pass the path of a training script such as genomes/tiny_cpu.py")
-    if args.budget is not None and args.budget <= 0:
-        raise UserError(f"--budget {args.budget:g}: the training budget must be a positive number of seconds")
+    _eval_flags(args)  # out-of-range flags are refused before a dataset is prepared or a run opened
     out = Path(args.out or Path("logs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{genome.stem}")
+    check_writable(out, "the evaluation folder")
     device = args.device or default_device()
     job, dataset, integrity = _eval_job(args, genome, out, device)
     print(f"evaluating {genome} for {job.budget_s:g} s on {device} -> {out}; scoring {job.eval_tokens} tokens per "
           f"split at context {job.eval_seq_len} on {dataset.manifest['source']!r} "
           f"({'sealed' if integrity['sealed'] else 'UNSEALED'})", file=sys.stderr)
     result: SlotResult = run_slot(job)
-    print_fields(result.to_dict(), SUMMARY_FIELDS, width=17)
-    if result.status != "ok" and result.detail:
-        print(f"detail:          {result.detail}")
-    if result.status == "failed" and result.stderr_tail:
-        print("--- stderr (tail)", file=sys.stderr)
-        print(result.stderr_tail, file=sys.stderr)
+    print_result(result)
     return 0 if result.status == "ok" else 1

@@ -9,6 +9,7 @@ a wrong type or an impossible value is a `UserError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,8 @@ def _check(key: Key, value, where: str):
         raise UserError(f"{where}: must be {key.type.__name__}, got {type(value).__name__} {value!r}")
     if key.choices and value not in key.choices:
         raise UserError(f"{where}: {value!r} is not allowed; allowed values: {', '.join(map(str, key.choices))}")
+    if key.type is float and not math.isfinite(value):
+        raise UserError(f"{where}: {value!r} is not a finite number")
     if key.minimum is not None and value < key.minimum:
         raise UserError(f"{where}: {value!r} is too small; it must be >= {key.minimum}")
     if key.name == "device" and not (value in ("auto", "cpu") or value.startswith("cuda")):

@@ -1,11 +1,14 @@
 """`evo export`: a genome as a standalone script, its lineage from the seed, and one test-split score.
 
 The test split is never used in selection; export is the only place it is scored, once
-per export, with a fresh harness seed, and the score is journaled.
+per export, with a fresh harness seed, and the score is journaled. Next to the script go
+<id>.lineage.md, <id>.lineage.png (evo/plots.py) and <id>.progress.png (the run's picture).
 """
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 from evo.genome import diff_text
@@ -58,6 +61,25 @@ def lineage_markdown(run: Run, state: RunState, chain: list[str], test_result: S
             lines += ["", "```diff", diff, "```"]
         lines.append("")
     return "\n".join(lines)
+
+
+def write_pictures(run: Run, state: RunState, chain: list[str], out: Path) -> list[Path]:
+    """<id>.lineage.png (the chain drawn) and <id>.progress.png (RUN_DIR/progress.png copied, or drawn
+    when the run has none) next to the exported script; one that cannot be drawn is a warning."""
+    written = []
+    lineage_png, progress_png = out.with_name(f"{out.stem}.lineage.png"), out.with_name(f"{out.stem}.progress.png")
+    try:
+        from evo import plots  # matplotlib: only when an export is written
+
+        written.append(plots.draw_lineage(run.journal, state, chain, lineage_png))
+        current = Path(run.path) / "progress.png"
+        if current.is_file():
+            written.append(Path(shutil.copyfile(current, progress_png)))
+        else:
+            written.append(plots.draw_progress(run, state, progress_png))
+    except Exception as exc:  # a picture is a view: the script and its test score are the export
+        print(f"warning: the export's pictures could not all be drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return written
 
 
 def _fmt(value) -> str:
@@ -115,6 +137,7 @@ def export(run_dir: Path, genome_id: str | None = None, out: Path | None = None,
          "eval_tokens": c.eval_tokens, "eval_seq_len": c.eval_seq_len, "budget_s": c.budget_s}, indent=1))
     lineage_path = out.with_name(f"{out.stem}.lineage.md")
     lineage_path.write_text(lineage_markdown(run, state, chain, result, flagged))
+    pictures = write_pictures(run, state, chain, out)
     j.event("export", genome_id=gid, path=str(out), test_bpb=result.test_bpb, status=result.status, flagged=flagged)
     print(f"genome:       {gid}" + (f" (FLAGGED: {flagged})" if flagged else ""))
     print(run.integrity_line())
@@ -124,4 +147,5 @@ def export(run_dir: Path, genome_id: str | None = None, out: Path | None = None,
     print(f"journal mean: {_fmt(rec.mean if rec else None)} val_bpb over {len(rec.vals) if rec else 0} evaluation(s)")
     print(f"script:       {out}")
     print(f"lineage:      {lineage_path}")
+    print(f"pictures:     {', '.join(str(p) for p in pictures) or 'none'}")
     return result

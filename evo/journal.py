@@ -9,11 +9,15 @@ re-queues what was running.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from evo.genome import Genome
 from gpt.errors import UserError
@@ -46,6 +50,17 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS memory (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, text TEXT NOT NULL);
 """
+TABLES = ("meta", "genomes", "evaluations", "events", "llm_calls", "memory")  # every journal has had all six
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free space than this is a full disk
+# SQLite's primary result codes (the sqlite3 module names them from Python 3.11 on)
+SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 8, 10, 13, 14, 26
+
+
+class CannotWrite(UserError):  # the journal cannot be written: `kind` "readonly" place, "full" disk, or "io"
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -79,25 +94,40 @@ _IN_RUN = "purpose != 'export'"
 
 
 class Journal:
-    """Typed access to the run's SQLite file: named queries, no SQL outside this module."""
+    """Typed access to the run's SQLite file: named queries, no SQL outside this module. `Journal(path)` opens
+    (or creates) one to write; `readonly=True` opens an existing, checked one and never writes to it or its
+    folder; with `writable_later`, its first write reopens it for writing."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False, *, writable_later: bool = False):
         self.path = Path(path)
-        # One connection shared by the controller and proposal threads; the lock keeps each
-        # transaction (and each read) whole.
-        self.lock = threading.RLock()
-        self.db = _LockedConnection(sqlite3.connect(self.path, isolation_level=None, check_same_thread=False),
-                                    self.lock)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.lock = threading.RLock()  # one connection for all threads; each transaction and read whole
+        self.readonly, self.writable_later = readonly, readonly and writable_later
+        db = _open_readonly(self.path) if readonly else _open_writable(self.path, True)
+        self.db = _LockedConnection(db, self.lock)
 
     def close(self) -> None:
         self.db.close()
 
     def _tx(self):
-        return _Transaction(self.db, self.lock)
+        if self.readonly:
+            self._make_writable()
+        return _Transaction(self.db, self.lock, self.path)
+
+    def _make_writable(self) -> None:
+        with self.lock:  # the first write of a `writable_later` journal
+            if self.readonly and not self.writable_later:
+                raise RuntimeError(f"{self.path} was opened read-only; this command must not write to it")
+            if not self.readonly:
+                return
+            made = [p for p in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if not p.exists()]
+            try:
+                self.db.swap(_open_writable(self.path, False))
+            except CannotWrite:
+                for p in made:  # the -wal/-shm a failed open left (no other connection had them)
+                    with suppress(OSError):  # a read-only folder: none was made
+                        p.unlink(missing_ok=True)
+                raise
+            self.readonly = False
 
     # ------------------------------------------------------------ meta
     def set_meta(self, key: str, value) -> None:
@@ -293,6 +323,108 @@ class Journal:
         return row[0] if row else None
 
 
+def _open_writable(path: Path, schema: bool) -> sqlite3.Connection:
+    """A writing connection in WAL mode (with `schema`: the tables created where missing)."""
+    db = None
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        if schema:
+            db.executescript(SCHEMA)
+    except sqlite3.OperationalError as exc:
+        if db is not None:
+            db.close()
+        _raise_write_error(path, exc)
+    return db
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, to a checked evo journal: `mode=ro` (needs the -shm, made in the folder),
+    or with no log to read `immutable` (makes nothing). Only SQLite opens it: closing a descriptor of our own
+    would drop this process's SQLite locks on the file."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    immutable = not wal.exists() or (wal.stat().st_size == 0 and not shm.exists())
+    db = tables = None
+    problem = "empty" if path.stat().st_size == 0 else None
+    if problem is None:
+        uri = f"file:{quote(str(path.resolve()))}?" + ("immutable=1" if immutable else "mode=ro")
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            problem = "; ".join(r[0] for r in db.execute("PRAGMA quick_check").fetchall()[:3] if r[0] != "ok")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+            if "not a database" in problem or getattr(exc, "sqlite_errorcode", 0) == SQLITE_NOTADB:
+                problem = "not sqlite"
+            elif not immutable and not shm.exists() and not os.access(path.parent, os.W_OK):
+                problem = "log unreadable"
+    if problem or not tables.issuperset(TABLES):
+        if db is not None:
+            db.close()
+        raise _not_a_journal(path, problem, tables)
+    return db
+
+
+def _not_a_journal(path: Path, problem: str | None, tables: set | None) -> UserError:
+    """What the file at `path` is instead of a readable evo journal, and what to do; evo leaves it as it is."""
+    keep, restore = "evo leaves the file as it is", "Restore journal.sqlite from a backup of the run directory"
+    if problem == "empty":
+        return UserError(f"{path} is empty (0 bytes): no run was ever written into it (a disk full as it was made?). "
+                         f"Nothing can be recovered: remove it or its run directory, start again with `evo run`; "
+                         f"{keep}")
+    if problem == "not sqlite":
+        return UserError(f"{path} is not an SQLite database, so not an evo journal: it was overwritten, cut short "
+                         f"or is another file. {restore}, or give the directory of an evo run; {keep}")
+    if problem == "log unreadable":
+        return UserError(f"{path} has a write-ahead log (-wal, from a controller that did not close it) but no -shm "
+                         f"file, which SQLite cannot make: {path.parent} is read-only. Make the folder writable, or "
+                         "copy the run directory somewhere writable (cp -a) and run the command on the copy")
+    if problem:
+        return UserError(f"{path} is damaged ({problem}): SQLite cannot read it whole. {restore}; {keep}")
+    if not tables.intersection(TABLES):
+        found = ", ".join(sorted(tables)[:6]) or "no tables at all"
+        return UserError(f"{path} is an SQLite database of another program, not an evo journal (it has {found}; a "
+                         f"journal has the tables {', '.join(TABLES)}). Give the directory of an evo run (`evo run` "
+                         f"creates one); {keep}")
+    missing = ", ".join(t for t in TABLES if t not in tables)
+    return UserError(f"{path} lacks the journal tables {missing}: damaged, or not an evo journal. {restore}; {keep}")
+
+
+def _write_problem(path: Path, exc: sqlite3.Error) -> str | None:
+    """"readonly", "full" or "io" for an error of writing the journal's file or folder, else None."""
+    primary = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # Python 3.11+; else the message
+    text = str(exc)
+    if primary == SQLITE_FULL or "disk is full" in text:
+        return "full"
+    if primary == SQLITE_READONLY or "readonly database" in text:
+        return "readonly"
+    if primary not in (SQLITE_IOERR, SQLITE_CANTOPEN) and not text.startswith(
+            ("disk I/O error", "unable to open database file")):
+        return None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "readonly"
+    with suppress(OSError):
+        return "full" if shutil.disk_usage(path.parent).free < LOW_SPACE_BYTES else "io"
+    return "io"
+
+
+def _raise_write_error(path: Path, exc: sqlite3.Error) -> None:
+    """Raise the CannotWrite saying why `path` cannot be written; `exc` itself if it is not about the place."""
+    kind, run_dir = _write_problem(path, exc), path.parent
+    if kind is None:
+        raise exc
+    why, fix = {"readonly": (f"{run_dir} is read-only", "make it writable, or copy the run directory somewhere "
+                             "writable (cp -a) and run the command on the copy"),
+                "full": ("the disk that holds it is full", "free space on that disk (or move the run directory to "
+                         f"one with room), then `evo resume {run_dir}`"),
+                "io": ("the disk reported an error", f"check the disk, then `evo resume {run_dir}`")}[kind]
+    raise CannotWrite(f"cannot write the journal {path}: {why} ({exc}). Nothing of this change was written and "
+                      f"what the journal held is intact; {fix}", kind) from None
+
+
 class _LockedConnection:
     """A sqlite3 connection whose statements run under the journal's lock."""
 
@@ -303,21 +435,15 @@ class _LockedConnection:
         with self._lock:
             return _Rows(self._db.execute(sql, params))
 
-    def executescript(self, sql: str):
-        with self._lock:
-            return self._db.executescript(sql)
-
     def close(self):
         with self._lock:
             self._db.close()
 
-    @property
-    def row_factory(self):
-        return self._db.row_factory
-
-    @row_factory.setter
-    def row_factory(self, factory):
-        self._db.row_factory = factory
+    def swap(self, db: sqlite3.Connection) -> None:
+        """Use `db` from now on (the journal became writable); the old connection is closed."""
+        with self._lock:
+            old, self._db = self._db, db
+            old.close()
 
 
 class _Rows:
@@ -338,23 +464,37 @@ class _Rows:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT under the journal's lock, rolled back on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT under the journal's lock, rolled back on any exception (CannotWrite: the place)."""
 
-    def __init__(self, db, lock: threading.RLock):
-        self.db, self.lock = db, lock
+    def __init__(self, db, lock: threading.RLock, path: Path):
+        self.db, self.lock, self.path = db, lock, path
 
     def __enter__(self):
         self.lock.acquire()
         try:
             self.db.execute("BEGIN IMMEDIATE")  # may fail (database locked): then __exit__ never runs
+        except sqlite3.OperationalError as exc:
+            self.lock.release()
+            _raise_write_error(self.path, exc)
         except BaseException:
             self.lock.release()
             raise
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")  # a full disk may refuse the commit itself
+            except sqlite3.OperationalError as failed:
+                exc = failed
+            else:
+                self.lock.release()
+                return False
         try:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            with suppress(sqlite3.OperationalError):  # no transaction left (SQLite ended it on the error)
+                self.db.execute("ROLLBACK")
         finally:
             self.lock.release()
+        if isinstance(exc, sqlite3.OperationalError):
+            _raise_write_error(self.path, exc)  # a read-only folder, a full disk; else `exc` as it was
         return False

@@ -3,10 +3,16 @@
 The scheduler hands the reporter what happened (a slot started, an evaluation finished with its
 scores, an `Event` from the run state, a note); the reporter only displays. Nothing it does
 changes the run, and a run without a terminal (`--quiet`) is the same run.
+
+Given the `Run`, it also keeps RUN_DIR/progress.png current (evo/plots.py; redrawn at most every
+PICTURE_EVERY_S seconds, and at close) and logs the same picture to TensorBoard as the image
+"progress" every IMAGE_EVERY evaluations and at close. A picture that cannot be drawn is noted once
+and never stops the run.
 """
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 from evo.genome import Genome
@@ -20,9 +26,20 @@ from gpt.result import SlotResult
 class Reporter:
     """The terminal (evo/terminal.py) and the run's TensorBoard log (RUN_DIR/tb, evo/tblog.py)."""
 
-    def __init__(self, run_dir: Path, quiet: bool = False):
+    PICTURE_EVERY_S = 10.0  # RUN_DIR/progress.png is redrawn at most this often (and at close)
+    IMAGE_EVERY = 5  # evaluations between two "progress" images in TensorBoard (and one at close)
+
+    def __init__(self, run_dir: Path, quiet: bool = False, run=None):
+        """`run` (an evo.run.Run) enables the progress picture; without it there is none."""
         self.terminal = Terminal(quiet=quiet)
         self.tb = TensorBoardLog(run_dir)
+        self.run = run
+        self.picture_path = Path(run_dir) / "progress.png"
+        self._state: RunState | None = None
+        self._seq = 0  # the latest finished evaluation
+        self._drawn_at = -float("inf")  # monotonic time of the last progress.png
+        self._drawn_seq = self._image_seq = 0  # the evaluations the last picture and image showed
+        self._picture_failed = False
 
     def note(self, text: str) -> None:
         self.terminal.note(text)
@@ -69,9 +86,37 @@ class Reporter:
         if state.population and seq % state.config.population_size == 0:
             values = [m.fitness.values[0] for m in state.population]
             self.tb.population(seq, statistics.fmean(values), statistics.median(values))
+        self.tb.evaluation_session(seq, genome, evaluation.purpose, result, scores.get("fitness"))
         self.tb.flush()
         self.terminal.finished(seq, evaluation, genome, result, state)
+        self._state, self._seq = state, seq
+        self.progress()
+
+    def progress(self, final: bool = False) -> None:
+        """Redraw RUN_DIR/progress.png and log the "progress" image when they are due (always when `final`)."""
+        if self.run is None or self._state is None or self._picture_failed:
+            return
+        seq = self._seq
+        picture = seq > self._drawn_seq and (final or time.monotonic() - self._drawn_at >= self.PICTURE_EVERY_S)
+        image = seq > self._image_seq and (final or seq - self._image_seq >= self.IMAGE_EVERY)
+        if not (picture or image):
+            return
+        try:
+            from evo import plots  # matplotlib: only for a run that draws its picture
+
+            figure = plots.progress_figure(self.run, self._state)
+            if picture:
+                plots.save(figure, self.picture_path)
+                self._drawn_at, self._drawn_seq = time.monotonic(), seq
+            if image:
+                self.tb.image("progress", figure, seq)
+                self._image_seq = seq
+        except Exception as exc:  # a picture is a view: it never stops the run
+            self._picture_failed = True
+            self.note(f"warning: the progress picture cannot be drawn ({type(exc).__name__}: {exc}); "
+                      "the run goes on without it")
 
     def close(self) -> None:
+        self.progress(final=True)
         self.terminal.close()
         self.tb.close()

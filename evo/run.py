@@ -8,10 +8,10 @@
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evo.config import RunConfig
 from evo.genome import Genome
-from evo.journal import Journal
+from evo.journal import CannotWrite, Journal
 from gpt.errors import UserError
 from gpt.job import SlotJob
 
@@ -53,8 +53,13 @@ class Run:
     def genome_path(self, genome_id: str) -> Path:
         path = self.path / "genomes" / f"{genome_id}.py"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.journal.genome(genome_id).source)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(self.journal.genome(genome_id).source)
+            except OSError as exc:
+                _remove([path], [])  # a half-written genome would be taken for the whole one later
+                raise UserError(f"cannot write {path}: {exc.strerror}; free space or make {self.path} writable, "
+                                f"then run the command again (`evo resume {self.path}` continues a run)") from None
         return path
 
     def next_seed(self, genome_id: str) -> int:
@@ -118,37 +123,97 @@ def integrity_check(dataset, sandbox_level: str, allow_unsealed: bool) -> dict:
 
 def create_run(path: Path, config: RunConfig, seeds: list[Genome], dataset, integrity: dict) -> Run:
     """A new run directory: run.toml, then the journal with the config, the seeds and their noise
-    evaluations in one transaction (a run is either usable by `evo resume` or not there)."""
+    evaluations in one transaction (a run is either usable by `evo resume` or not there: what a failed
+    creation made is removed again)."""
     if (path / JOURNAL_NAME).exists():
         raise UserError(f"{path} already holds a run; continue it with `evo resume {path}` or pick --out")
+    made_dirs, made = _missing(path), [p for p in (path / "run.toml", path / JOURNAL_NAME) if not p.exists()]
+    journal = None
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / "run.toml").write_text(config.to_toml())
         journal = Journal(path / JOURNAL_NAME)
-    except OSError as exc:
-        raise UserError(f"cannot create the run directory {path}: {exc.strerror}; pick a writable --out") from None
-    meta = {"config": config.to_dict(), "dataset": str(dataset.path), "seeds": [g.id for g in seeds],
-            "integrity": integrity}
-    journal.start_run(meta, [(g, [harness_seed(config.seed, g.id, k) for k in range(config.noise_repeats)])
-                             for g in seeds])
-    journal.event("integrity", **integrity)
+        meta = {"config": config.to_dict(), "dataset": str(dataset.path), "seeds": [g.id for g in seeds],
+                "integrity": integrity}
+        journal.start_run(meta, [(g, [harness_seed(config.seed, g.id, k) for k in range(config.noise_repeats)])
+                                 for g in seeds])
+        journal.event("integrity", **integrity)
+    except (OSError, CannotWrite) as exc:
+        if journal is not None:
+            journal.close()
+        _remove(made, made_dirs)
+        raise _creation_error(path, exc) from None
     return Run(path, config, journal, str(dataset.path))
 
 
-def open_run(path: str | Path, overrides: dict | None = None) -> Run:
-    """An existing run: its journaled config (with `overrides`, e.g. a new evaluation limit)."""
+def _creation_error(path: Path, exc: OSError | CannotWrite) -> UserError:
+    if isinstance(exc, CannotWrite):
+        kind, at = exc.kind, path / JOURNAL_NAME
+    else:
+        kind = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EROFS: "readonly", errno.EACCES: "readonly",
+                errno.EPERM: "readonly"}.get(exc.errno, "io")
+        at = exc.filename or path
+    why = {"full": "the disk is full", "readonly": "the place is read-only"}.get(kind) or str(exc)
+    return UserError(f"cannot create the run directory {path}: {why} (at {at}); pick --out on a writable disk with "
+                     "free space (nothing of this run was left behind)")
+
+
+def _missing(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, the outermost last."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove(files: list[Path], folders: list[Path]) -> None:
+    """Remove what a failed creation made: its files (a journal with its -wal and -shm), then its folders."""
+    for p in files + [Path(f"{p}{tail}") for p in files if p.name == JOURNAL_NAME for tail in ("-wal", "-shm")]:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+    for folder in folders:  # innermost first; only when empty
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse early (before a dataset is prepared) a directory that cannot be created or written."""
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise UserError(f"cannot create {what} {path}: {existing} is a file, not a directory; pick another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "on a read-only file system" if _read_only_mount(existing) else "not writable by you"
+        raise UserError(f"cannot create {what} {path}: {existing} is {why}; pick a writable --out")
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def open_run(path: str | Path, overrides: dict | None = None, readonly: bool = False) -> Run:
+    """An existing run: its journaled config (with `overrides`, e.g. a new evaluation limit). The journal is
+    checked and opened read-only; unless `readonly`, the command's first write reopens it for writing (so a
+    command that ends up only reading, or a journal that is not one, is never written)."""
     path = Path(path)
     journal_path = path / JOURNAL_NAME
-    if not journal_path.is_file() or journal_path.stat().st_size == 0:
-        raise UserError(f"{path} is not a run directory (no {JOURNAL_NAME}"
-                        + (", or an empty one" if journal_path.exists() else "") + "); `evo run` creates one")
-    try:
-        journal = Journal(journal_path)
-        saved = journal.get_meta("config")
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{journal_path} cannot be read ({exc}); it is damaged or not a journal. Restore it from a "
-                        "backup; evo will not write to it") from None
+    if not path.is_dir():
+        raise UserError(f"{path} is not a run directory ({'a file' if path.exists() else 'it does not exist'}); "
+                        "give the RUN_DIR that `evo run` printed (`evo run --out DIR` creates one)")
+    if not journal_path.is_file():
+        raise UserError(f"{path} is not a run directory (it has no {JOURNAL_NAME}); give the RUN_DIR that `evo "
+                        "run` printed (`evo run --out DIR` creates one)")
+    journal = Journal(journal_path, readonly=True, writable_later=not readonly)  # a UserError if not a journal
+    saved = journal.get_meta("config")
     if saved is None:
+        journal.close()
         raise UserError(f"{path} holds a journal but no run (it was killed while being created); "
                         "delete it and start again with `evo run`")
     return Run(path, RunConfig.from_dict(saved, overrides), journal, journal.get_meta("dataset"))

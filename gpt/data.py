@@ -29,6 +29,7 @@ See docs/data.md.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -308,6 +309,38 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_dataset(out: Path, *, tok_spec: tuple[str, int], docs, doc_hashes, sequences, n_bytes, report,
+                   **manifest) -> None:
+    """Tokenize the splits into `<key>.tmp<pid>`, write its manifest, and rename it to `out` (on any
+    failure the tmp folder is removed: the cache never holds half a dataset)."""
+    tmp = _fresh_tmp(out)
+    try:
+        tok, tok_manifest = _train_tokenizer(*tok_spec, docs["train"], doc_hashes["train"], tmp, report)
+        written = _write_splits(tmp, tok, sequences, n_bytes, report)
+        manifest = _manifest(**manifest, tokenizer=tok_manifest, docs=docs, written=written, n_bytes=n_bytes)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, out)
+
+
+def _cache_error(data_root: Path, exc: OSError, needed: int) -> UserError:
+    """A dataset that cannot be written into the cache: a full disk, a read-only folder, another error."""
+    where = f"cannot write the dataset into the data cache {data_root}"
+    elsewhere = "set EVO_DATA_DIR (evo prepare: --out) to a folder"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"{where}: no space left on its disk (the dataset needs about {needed / 1e6:.1f} MB); free "
+                         f"space there, or {elsewhere} on a disk with room")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "it is on a read-only file system" if exc.errno == errno.EROFS else "it is not writable"
+        return UserError(f"{where}: {why} ({exc.filename}: {exc.strerror}); {elsewhere} you can write, or prepare "
+                         "the dataset once where the cache is writable (a read-only cache is fine once it holds it)")
+    return UserError(f"{where}: {exc.strerror} ({exc.filename}); check the disk, or {elsewhere} on another disk")
+
+
 def prepare(
     source: str = DEFAULT_SOURCE,
     root: Path | None = None,
@@ -347,20 +380,18 @@ def prepare(
     canaries = make_canaries(secret)
     sequences = planted_sequences(docs, canaries, secret)
 
-    tmp = _fresh_tmp(out)
+    made_root = not data_root.exists()
     try:
-        tok, tok_manifest = _train_tokenizer(tok_name, tok_vocab, docs["train"], doc_hashes["train"], tmp, report)
-        written = _write_splits(tmp, tok, sequences, n_bytes, report)
-        manifest = _manifest(key=key, source=source, secret=secret, roots=roots, fractions=fractions,
-                             tokenizer=tok_manifest, docs=docs, duplicates=duplicates, written=written,
-                             n_bytes=n_bytes, canaries=canaries, warnings=warnings)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _publish(tmp, out)
+        _write_dataset(out, key=key, source=source, secret=secret, roots=roots, fractions=fractions,
+                       tok_spec=(tok_name, tok_vocab), docs=docs, doc_hashes=doc_hashes, duplicates=duplicates,
+                       sequences=sequences, n_bytes=n_bytes, canaries=canaries, warnings=warnings, report=report)
+    except OSError as exc:
+        if made_root:
+            try:
+                data_root.rmdir()  # made by this preparation, and empty again
+            except OSError:
+                pass
+        raise _cache_error(data_root, exc, 2 * sum(n_bytes.values())) from None
     if report.printed:
         report(f"done: {out}", force=True)
     return Dataset(out)

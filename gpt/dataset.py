@@ -23,7 +23,17 @@ class Dataset:
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.path / "manifest.json").read_text())
+        path = self.path / "manifest.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"the prepared dataset {self.path} is gone (no manifest.json: the data cache was cleaned, "
+                            "moved, or another EVO_DATA_DIR is set); point EVO_DATA_DIR at the cache that holds it, "
+                            "or prepare it again with `evo prepare --data SOURCE` (its splits are then new: scores "
+                            "do not compare with older ones unless the old --secret is given)") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path} ({exc}): the dataset is damaged; remove {self.path} and prepare it "
+                            "again with `evo prepare --data SOURCE`") from None
 
     @property
     def train_path(self) -> Path:

@@ -18,7 +18,7 @@ from gpt.result import SlotResult
 
 
 def scheduler_for(run: Run, state: RunState, replayed=()) -> Scheduler:
-    reporter = Reporter(run.path, quiet=True)
+    reporter = Reporter(run.path, quiet=True, run=run)
     breeder = Breeder(state, run.journal, run.path, note=reporter.note)
     scheduler = Scheduler(run, state, breeder, reporter, SlotPool(plan_slots("cpu", 1)))
     scheduler.follow_up(list(replayed))
