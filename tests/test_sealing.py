@@ -185,7 +185,10 @@ def test_evo_eval_rejects_a_budget_that_is_not_positive(evo_cli, tmp_path):
     genome = Path(__file__).resolve().parents[1] / "genomes" / "tiny_cpu.py"
     for budget in (0, -5):
         proc = evo_cli("eval", genome, "--budget", budget, cwd=tmp_path)
-        assert proc.returncode == 2 and "must be a positive number" in proc.stderr, proc.stderr
+        # the same rule as `evo run`: the config schema's minimum for budget_s
+        assert proc.returncode == 2 and f"--budget {budget}" in proc.stderr and "must be >= 0.5" in proc.stderr, \
+            proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_a_weaker_level_is_refused_for_sealing_and_when_allowed_names_what_it_does_not_protect(default_dataset,
