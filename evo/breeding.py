@@ -1,10 +1,16 @@
 """The breeder: selection plus operators. It reads the run state and never changes it.
 
 The DEAP toolbox holds every operator under one calling convention,
-`toolbox.<name>(parents, rng, context) -> Genome`: `mutate` / `mate` (knobs, offline) and, when
-`[llm]` configures models, `llm_mutate` / `llm_mate`. A child is made by an LLM operator with
-probability `llm.share` while the LLM budget lasts, else by a knob operator; parents come from
+`toolbox.<name>(parents, rng, context) -> Genome`: the knob operators `tpe` and `cmaes` (model-based,
+over the parent structure's knob study), `mutate` / `mate` (random knob steps and knob crossover),
+and, when `[llm]` configures models, `llm_mutate` / `llm_mate`. A child is made by an LLM operator
+with probability `llm.share` while the LLM budget lasts, else by a knob operator, drawn with the
+shares `tpe_share`, `cmaes_share` and `crossover_rate` (the rest: `mutate`); parents come from
 `toolbox.select` (a tournament) over the population as it stands.
+
+The knob study handed to an operator (`OperatorContext.study`) holds every scored or failed
+configuration of the first parent's structure, built from the run state at proposal time: the
+model-based operators keep no state of their own, so a resume replays them exactly.
 
 Proposals are numbered; proposal k draws every random choice (operator, parents, knob steps,
 which model answers) from its own stream `Random("<run seed>:child:<k>")`, and the LLM client's
@@ -23,12 +29,13 @@ from pathlib import Path
 
 from deap import base
 
+from evo import fitness as fit
 from evo.genome import Genome, OperatorContext, OperatorFailure, SlotFacts
 from evo.journal import Evaluation, Journal
 from evo.state import RunState, new_member
 from gpt.result import SlotResult
 
-ARITY = {"mutate": 1, "mate": 2, "llm_mutate": 1, "llm_mate": 2}
+ARITY = {"mutate": 1, "mate": 2, "tpe": 1, "cmaes": 1, "llm_mutate": 1, "llm_mate": 2}
 
 
 def select_tournament(individuals: list, k: int, rng: random.Random, tournsize: int) -> list:
@@ -79,15 +86,19 @@ class Breeder:
         # proposals journal their outcome: a child, a duplicate, or an operator failure
         self._index = (journal.count_purpose("child") + len(journal.events("duplicate"))
                        + len(journal.events("operator_failure")))
+        self._shapes: dict[str, tuple | None] = {}  # genome id -> (structure, space, knob values)
         self._register_knob_operators()
         if self.config.llm.enabled:
             self._start_llm(run_dir)
 
     def _register_knob_operators(self) -> None:
         from evo.operators.knobs import KnobCrossover, KnobMutation
+        from evo.operators.studies import CMAESSearch, TPESearch
 
         self.toolbox.register("mutate", KnobMutation())
         self.toolbox.register("mate", KnobCrossover())
+        self.toolbox.register("tpe", TPESearch())
+        self.toolbox.register("cmaes", CMAESSearch())
 
     def _start_llm(self, run_dir: Path) -> None:
         from evo.llm import LLMClient, LLMCrossover, LLMMutation, PromptBook
@@ -120,13 +131,56 @@ class Breeder:
             self._budget_noted = True
             self.journal.event("llm_budget_exhausted", spent_usd=self.llm.spent_usd)
             self.note(f"LLM budget of ${llm.budget_usd:g} reached: continuing with knob operators only")
-        return "mate" if members >= 2 and rng.random() < self.config.crossover_rate else "mutate"
+        c, draw = self.config, rng.random()
+        for name, share in (("tpe", c.tpe_share), ("cmaes", c.cmaes_share),
+                            ("mate", c.crossover_rate if members >= 2 else 0.0)):
+            if draw < share:
+                return name
+            draw -= share
+        return "mutate"
 
-    def context(self) -> OperatorContext:
-        """What operators may know of the run: public facts only."""
+    def context(self, parent_id: str | None = None) -> OperatorContext:
+        """What operators may know of the run: public facts only, and the first parent's knob study."""
         rows = self.config.llm.history_rows if self.llm else 0
         return OperatorContext(noise_floor=self.state.floor, history=self.state.history(rows),
-                               memory=self.journal.latest_memory(), slot=self.slot_facts)
+                               memory=self.journal.latest_memory(), slot=self.slot_facts,
+                               study=self.study(parent_id) if parent_id else None)
+
+    # ------------------------------------------------------------ knob studies
+    def _shape(self, genome_id: str) -> tuple | None:
+        """(structure id, knob space, knob values) of a genome, parsed once; None if it does not parse."""
+        if genome_id not in self._shapes:
+            from evo.operators.space import knob_space, structure_id
+
+            source = self.journal.genome(genome_id).source
+            try:
+                space, values = knob_space(source)
+                self._shapes[genome_id] = (structure_id(source), space, values)
+            except Exception:  # noqa: BLE001 -- a genome that does not parse has no study
+                self._shapes[genome_id] = None
+        return self._shapes[genome_id]
+
+    def study(self, genome_id: str):
+        """The knob study of this genome's structure: every genome of the run with the same structure
+        that has a score (mean val_bpb + penalty) or failed, in the order the run folded them."""
+        from evo.operators.studies import Study, Trial
+
+        shape = self._shape(genome_id)
+        if shape is None:
+            return None
+        structure, space, _ = shape
+        trials = []
+        for gid, rec in self.state.records.items():
+            other = self._shape(gid)
+            if other is None or other[0] != structure:
+                continue
+            if rec.fitness != fit.WORST_FITNESS:
+                trials.append(Trial(gid, other[2], -rec.fitness, len(rec.vals)))
+            elif rec.failed or rec.flagged:
+                trials.append(Trial(gid, other[2], None, len(rec.vals), failure=rec.failed or f"flagged: {rec.flagged}"))
+        if not trials:  # nothing scored yet (the noise floor is still being measured): the genome itself
+            trials.append(Trial(genome_id, shape[2], None, 0))
+        return Study(structure, space, tuple(trials), noise_floor=self.state.floor)
 
     def propose(self, index: int) -> Genome | None:
         """Proposal `index`: select parents from the population as it stands and apply one operator."""
@@ -138,7 +192,7 @@ class Breeder:
             parents = [new_member(self.state.seed_ids[0], 0)] * ARITY[name]
         try:
             child = getattr(self.toolbox, name)([self.state.parent_info(p.genome_id) for p in parents], rng,
-                                                self.context())
+                                                self.context(parents[0].genome_id))
         except OperatorFailure as exc:
             self.journal.event("operator_failure", operator=name, reason=str(exc)[:2000],
                                response=str(getattr(exc, "response", "") or "")[:20000])

@@ -54,6 +54,10 @@ def _add_run_commands(sub, commands) -> None:
     p.add_argument("--llm", help="add an LLM model for the LLM operators (e.g. gpt-4.1-mini)")
     p.add_argument("--llm-base-url", help="OpenAI-compatible base URL (default https://api.openai.com/v1)")
     p.add_argument("--llm-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    p.add_argument("--llm-price-in", type=float, metavar="USD", help="the --llm model's price per million prompt "
+                   "tokens (default 0: costs read $0 and llm.budget_usd cannot stop it; a warning says so)")
+    p.add_argument("--llm-price-out", type=float, metavar="USD", help="the --llm model's price per million "
+                   "completion tokens (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=commands.cmd_run)
 

@@ -53,7 +53,8 @@ def _config_from_args(args) -> cfg.RunConfig:
     from evo.llm_config import LLMConfig
 
     config = cfg.resolve(cfg.read_toml(args.config) if args.config else {}, cfg.flag_values(args))
-    llm = LLMConfig.from_flags(args.llm, args.llm_base_url, args.llm_key_env, base=config.llm)
+    llm = LLMConfig.from_flags(args.llm, args.llm_base_url, args.llm_key_env, base=config.llm,
+                               price_in=args.llm_price_in, price_out=args.llm_price_out)
     llm.check_keys()
     return replace(config, llm=llm)
 

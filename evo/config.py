@@ -74,10 +74,21 @@ class RunConfig:
     dask_scheduler: str = _key("", "slots", "address of a Dask scheduler to run slots on (empty: local slots)")
     population_size: int = _key(6, "search", "individuals kept in the population", minimum=2)
     tournament_size: int = _key(3, "search", "aspirants per tournament", minimum=1)
-    crossover_rate: float = _key(0.2, "search", "share of offline children made by knob crossover", minimum=0)
+    tpe_share: float = _key(0.5, "search", "share of offline children proposed by TPE (Optuna) over the parent "
+                            "structure's knob study", minimum=0, flag="--tpe-share")
+    cmaes_share: float = _key(0.0, "search", "share of offline children proposed by CMA-ES over the parent "
+                              "structure's knob study", minimum=0, flag="--cmaes-share")
+    crossover_rate: float = _key(0.2, "search", "share of offline children made by knob crossover (the rest of "
+                                 "the shares: random knob steps)", minimum=0)
     noise_repeats: int = _key(3, "fitness", "evaluations of the seed (fresh seeds) that measure the noise floor",
                               minimum=2)
     min_noise_floor: float = _key(0.002, "fitness", "lower bound on the noise floor, bpb", minimum=0)
+    confidence: float = _key(0.95, "fitness", "crown a candidate once P(better than the best) reaches this "
+                             "(t on the pooled noise model)", minimum=0.5, flag="--confidence")
+    candidate_confidence: float = _key(0.8, "fitness", "a child whose first evaluation gives P(better than the "
+                                       "best) at least this is re-evaluated as a candidate", minimum=0.5)
+    max_candidate_evals: int = _key(5, "fitness", "evaluations of a candidate before it is given up (not "
+                                    "confirmed)", minimum=2)
     threshold: float = _key(0.0, "fitness", "Thresholdout threshold, bpb (0: 2 x noise floor)", minimum=0)
     holdout_noise: float = _key(0.0, "fitness", "Thresholdout Laplace scale, bpb (0: noise floor / 2)", minimum=0)
     holdout_budget: int = _key(40, "fitness", "held-out reveals allowed before Thresholdout stops answering",
@@ -125,6 +136,7 @@ class Key:
 SCHEMA = tuple(Key(f.name, type=type(f.default), default=f.default, **f.metadata)
                for f in dataclasses.fields(RunConfig) if f.name != "llm")
 KEYS = {k.name: k for k in SCHEMA}
+SHARES = ("tpe_share", "cmaes_share", "crossover_rate")  # of offline children; the rest: random knob steps
 
 
 def _check(key: Key, value, where: str):
@@ -192,6 +204,7 @@ def resolve(file_values: dict | None = None, overrides: dict | None = None) -> R
         raise UserError(f"--preset {preset!r} is unknown; allowed values: {', '.join(PRESETS)}")
     values = {"preset": preset, **PRESETS[preset], **file_values, **overrides}
     values["preset"] = preset
+    _check_shares(values)
     for name in list(values):
         if name == "llm":
             if not isinstance(values[name], LLMConfig):
@@ -201,6 +214,14 @@ def resolve(file_values: dict | None = None, overrides: dict | None = None) -> R
             raise UserError(f"unknown config key {name!r}")
         values[name] = _check(KEYS[name], values[name], f"{KEYS[name].section}.{name}")
     return dataclasses.replace(RunConfig(), **values)
+
+
+def _check_shares(values: dict) -> None:
+    shares = {k: values.get(k, KEYS[k].default) for k in SHARES}
+    total = sum(v for v in shares.values() if isinstance(v, (int, float)))
+    if total > 1 + 1e-9:
+        raise UserError(f"search shares add up to {total:g} > 1 ({', '.join(f'{k} = {v}' for k, v in shares.items())}); "
+                        "lower them so that what is left (random knob steps) is not negative")
 
 
 # ------------------------------------------------------------------ command-line flags from the schema

@@ -46,18 +46,37 @@ def pooled_noise_floor(groups: list[list[float]], minimum: float = 0.0) -> tuple
     return (max((ss / dof) ** 0.5, minimum) if dof else minimum), dof
 
 
-CONFIRM_SIGMAS = 2.0
+def p_better(candidate: float, incumbent: float, floor: float, n_candidate: int, n_incumbent: int,
+             dof: int) -> float:
+    """The probability that the candidate's true score is below (better than) the incumbent's, given
+    their means over n evaluations each and the pooled noise model: the difference of the means over
+    its standard error, floor * sqrt(1/n_candidate + 1/n_incumbent), read on Student's t with the
+    floor's degrees of freedom (a floor from few repeats is itself uncertain, so the tails are wider)."""
+    from scipy.stats import t as student
+
+    se = floor * math.sqrt(1 / max(n_candidate, 1) + 1 / max(n_incumbent, 1))
+    if se <= 0:
+        return 1.0 if candidate < incumbent else 0.0
+    return float(student.cdf((incumbent - candidate) / se, max(dof, 1)))
 
 
-def is_improvement(candidate_mean: float, incumbent_mean: float, floor: float,
-                   n_candidate: int = 1, n_incumbent: int | None = None) -> bool:
-    """Better than the incumbent (lower bpb) by more than the noise floor, and, given the number of
-    evaluations behind each mean, by more than CONFIRM_SIGMAS standard errors of their difference
-    (floor * sqrt(1/n_candidate + 1/n_incumbent)). Without counts: the floor alone."""
-    margin = floor
-    if n_incumbent:
-        margin = max(floor, CONFIRM_SIGMAS * floor * (1 / n_candidate + 1 / n_incumbent) ** 0.5)
-    return candidate_mean < incumbent_mean - margin
+def decide(p: float, n_evals: int, confidence: float, max_evals: int) -> str:
+    """The sequential rule for a candidate after one more evaluation: "crown" once P(better) reaches
+    the confidence; "drop" once its mean is no longer likely better (P < 0.5) or it has max_evals
+    evaluations; else "reeval" (one more evaluation)."""
+    if p >= confidence:
+        return "crown"
+    return "drop" if p < 0.5 or n_evals >= max_evals else "reeval"
+
+
+def interval(mean: float, n: int, floor: float | None, dof: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The two-sided interval of a genome's mean under the pooled noise model (t with the floor's dof)."""
+    from scipy.stats import t as student
+
+    if floor is None or n < 1 or mean is None:
+        return (math.nan, math.nan)
+    half = float(student.ppf(0.5 + confidence / 2, max(dof, 1))) * floor / math.sqrt(n)
+    return (mean - half, mean + half)
 
 
 @dataclass

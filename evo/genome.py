@@ -102,6 +102,8 @@ class ParentInfo:
     noise_floor: float | None = None
     train_seconds: float | None = None
     steps: int | None = None
+    params: int | None = None  # as the script printed it
+    train_loss: float | None = None  # as the script printed it
     last_child_failure: tuple[str, str] | None = None  # (reason, stderr tail) of its latest failed child
 
 
@@ -140,12 +142,14 @@ class SlotFacts:
 class OperatorContext:
     """What an operator may know about the run when it makes one child: a snapshot built by the
     breeder from the run state (public facts only). History rows are dicts with the keys child,
-    operator, idea, delta_val_bpb (against the child's parent's mean), n_evals, status."""
+    operator, idea, delta_val_bpb (against the child's parent's mean), n_evals, status. `study` is the
+    knob study (evo.operators.studies.Study) of the first parent's structure."""
 
     noise_floor: float | None = None
     history: tuple[dict, ...] = ()
     memory: str | None = None
     slot: SlotFacts | None = None
+    study: object | None = None
 
     def recent_history(self, n: int) -> list[dict]:
         return list(self.history[-n:]) if n > 0 else []

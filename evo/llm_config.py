@@ -1,7 +1,7 @@
 """The `[llm]` section of run.toml, validated.
 
     [llm]
-    share = 0.8               # fraction of children made by LLM operators (the rest: knob operators)
+    share = 0.3               # fraction of children made by LLM operators (the rest: knob operators)
     budget_usd = 5.0          # whole-run spend limit; then knob operators only
     [[llm.models]]
     model = "gpt-4.1-mini"
@@ -58,7 +58,7 @@ class LLMConfig:
     """Everything about LLM operators for one run. `LLMConfig()` (no models) is disabled."""
 
     models: tuple[ModelConfig, ...] = ()
-    share: float = 0.8  # fraction of children made by LLM operators
+    share: float = 0.3  # fraction of children made by LLM operators (Centaur's ablation: 0.3)
     budget_usd: float | None = None  # None: no limit
     crossover_rate: float = 0.2  # fraction of LLM children made by crossover (the rest: mutation)
     selection: str = "weight"  # "weight" | "ucb"
@@ -148,25 +148,29 @@ class LLMConfig:
 
     @classmethod
     def from_flags(cls, model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
-                   base: "LLMConfig | None" = None) -> "LLMConfig":
-        """Apply `--llm MODEL [--llm-base-url URL] [--llm-key-env NAME]` on top of `base` (the
-        validated [llm] table, or defaults): the flag model is added to the table's models, with
-        base_url defaulting to OpenAI's and api_key_env to OPENAI_API_KEY."""
+                   base: "LLMConfig | None" = None, price_in: float | None = None,
+                   price_out: float | None = None) -> "LLMConfig":
+        """Apply `--llm MODEL [--llm-base-url URL] [--llm-key-env NAME] [--llm-price-in USD]
+        [--llm-price-out USD]` on top of `base` (the validated [llm] table, or defaults): the flag
+        model is added to the table's models, with base_url defaulting to OpenAI's, api_key_env to
+        OPENAI_API_KEY and the prices (US dollars per million tokens) to 0 (a warning at start)."""
         base = base or cls()
         if model is None:
-            if base_url is not None or api_key_env is not None:
-                raise UserError("--llm-base-url and --llm-key-env describe the model given with --llm MODEL; "
-                                "pass --llm too")
+            if any(v is not None for v in (base_url, api_key_env, price_in, price_out)):
+                raise UserError("--llm-base-url, --llm-key-env, --llm-price-in and --llm-price-out describe the "
+                                "model given with --llm MODEL; pass --llm too")
             return base
         fields: dict[str, Any] = {"model": model}
-        if base_url is not None:
-            fields["base_url"] = base_url
-        if api_key_env is not None:
-            fields["api_key_env"] = api_key_env
+        for key, value in (("base_url", base_url), ("api_key_env", api_key_env), ("price_in_per_m", price_in),
+                           ("price_out_per_m", price_out)):
+            if value is not None:
+                fields[key] = value
         try:
             added = ModelConfig.from_dict(fields, "--llm")
         except UserError as exc:  # name the flags, not table keys
             text = str(exc).replace("--llm.base_url", "--llm-base-url").replace("--llm.api_key_env", "--llm-key-env")
+            text = text.replace("--llm.price_in_per_m", "--llm-price-in").replace("--llm.price_out_per_m",
+                                                                                  "--llm-price-out")
             raise UserError(text.replace("--llm.model", "--llm")) from None
         if any(m.model == model for m in base.models):
             raise UserError(f"--llm {model}: run.toml's [[llm.models]] already has this model; drop the flag or "

@@ -54,12 +54,12 @@ class Scheduler:
         so repairs a follow-up lost in a crash."""
         for event in events:
             gid = event.genome_id
-            if event.kind == "reeval" and self.journal.count_for(gid, "reeval") == 0:
+            if event.kind == "reeval" and self.journal.count_for(gid, "reeval") < event.data.get("number", 1):
                 self.journal.queue_evaluation(gid, "reeval", self.directory.next_seed(gid))
             elif event.kind == "contended":
                 purpose = event.data["purpose"]
-                wanted = {"noise": self.config.noise_repeats, "reeval": 1}.get(purpose, 0) \
-                    + self.state.records[gid].reruns[purpose]
+                rec = self.state.records[gid]
+                wanted = {"noise": self.config.noise_repeats, "reeval": rec.reevals}.get(purpose, 0) + rec.reruns[purpose]
                 if self.journal.count_for(gid, purpose) < wanted:
                     self.journal.queue_evaluation(gid, purpose, self.directory.next_seed(gid))
 

@@ -73,8 +73,11 @@ class GenomeRecord:
     not_confirmed: bool = False  # was a candidate; its re-evaluation did not confirm it
     train_seconds: float | None = None
     steps: int | None = None
+    params: int | None = None  # as the genome printed it (informational)
+    train_loss: float | None = None  # as the genome printed it (informational)
     cpu_seconds: list = field(default_factory=list)  # the runner's CPU measurement of each folded evaluation
     reruns: dict = field(default_factory=dict)  # purpose -> evaluations re-run because they were contended
+    reevals: int = 0  # re-evaluations asked for (a candidate gets one at a time)
 
     @property
     def mean(self) -> float | None:
@@ -148,6 +151,7 @@ class RunState:
         rec = self.records.get(genome_id) or GenomeRecord()
         return ParentInfo(genome=self.journal.genome(genome_id), mean_val_bpb=rec.mean, n_evals=len(rec.vals),
                           noise_floor=self.floor, train_seconds=rec.train_seconds, steps=rec.steps,
+                          params=rec.params, train_loss=rec.train_loss,
                           last_child_failure=self.last_child_failure.get(genome_id))
 
     def history(self, n: int) -> tuple[dict, ...]:
@@ -207,6 +211,7 @@ class RunState:
             rec.vals.append(result.val_bpb)
             rec.heldouts.append(result.heldout_bpb)
             rec.train_seconds, rec.steps = result.train_seconds, result.steps
+            rec.params, rec.train_loss = result.params, result.train_loss
         elif result.status == "flagged":
             rec.flagged = result.reason or "flagged"
         else:
@@ -295,20 +300,39 @@ class RunState:
             if worst.genome_id != self.incumbent:
                 self.population.remove(worst)
 
+    def p_better(self, gid: str) -> float | None:
+        """P(this genome is truly better than the incumbent), see fitness.p_better; None without both scores."""
+        rec, best = self.records.get(gid), self.best
+        if rec is None or best is None or self.floor is None or not rec.vals or rec.fitness == fit.WORST_FITNESS:
+            return None
+        return fit.p_better(-rec.fitness, -best.fitness, self.floor, len(rec.vals), len(best.vals), self.floor_dof)
+
     def _judge(self, gid: str) -> list[Event]:
-        """Noise-aware improvement: a child that beats the incumbent by more than the floor is a candidate
-        and is re-evaluated with a fresh seed; it is crowned when its mean still beats the incumbent's by
-        more than the floor and by two standard errors of the difference of the two means."""
-        rec, best = self.records[gid], self.records[self.incumbent]
+        """Sequential crowning. A child whose first evaluation gives P(better than the incumbent) of at
+        least candidate_confidence is a candidate and is re-evaluated with a fresh seed; after each
+        re-evaluation it is crowned once P reaches `confidence`, given up once P < 0.5 or it has
+        max_candidate_evals evaluations, else evaluated once more (fitness.decide)."""
+        rec, c = self.records[gid], self.config
         if gid == self.incumbent or rec.flagged or not rec.vals:
             return []
+        p = self.p_better(gid)
+        if p is None:
+            return []
         if len(rec.vals) == 1:
-            rec.candidate = fit.is_improvement(-rec.fitness, -best.fitness, self.floor)
-            return [Event("reeval", gid)] if rec.candidate else []
-        if fit.is_improvement(-rec.fitness, -best.fitness, self.floor, len(rec.vals), len(best.vals)):
+            rec.candidate = p >= c.candidate_confidence
+            return self._reeval(gid) if rec.candidate else []
+        verdict = fit.decide(p, len(rec.vals), c.confidence, c.max_candidate_evals)
+        if verdict == "crown":
             self.incumbent, rec.confirmed = gid, True
-            return [Event("new_best", gid, {"val_bpb": rec.mean, "n_evals": len(rec.vals)})]
-        if rec.candidate:
+            return [Event("new_best", gid, {"val_bpb": rec.mean, "n_evals": len(rec.vals), "p_better": p})]
+        if not rec.candidate:
+            return []
+        if verdict == "drop":
             rec.candidate, rec.not_confirmed = False, True
-            return [Event("not_confirmed", gid, {"vals": list(rec.vals), "mean": rec.mean})]
-        return []
+            return [Event("not_confirmed", gid, {"vals": list(rec.vals), "mean": rec.mean, "p_better": p})]
+        return self._reeval(gid)
+
+    def _reeval(self, gid: str) -> list[Event]:
+        rec = self.records[gid]
+        rec.reevals += 1
+        return [Event("reeval", gid, {"number": rec.reevals})]

@@ -19,8 +19,8 @@ A genome's state word:
     seed             a seed genome that is not the best
     evaluated        a child that did not beat the best by more than the floor
 
-The footnote gives the crowning rule (evo/fitness.py `is_improvement`) and the numbers that decided for
-the latest candidate, replayed from the journal up to its re-evaluation. The held-out column is
+The footnote gives the crowning rule (evo/fitness.py `p_better` and `decide`) and the numbers that decided
+for the latest candidate, replayed from the journal up to the re-evaluation that settled it. The held-out column is
 Thresholdout's answer, not the held-out bpb: the val mean unless the held-out split disagrees by more
 than the threshold (a reveal, which spends one unit of the Thresholdout budget).
 
@@ -35,16 +35,19 @@ is False) are interrupted: `evo resume RUN_DIR` runs them again.
     controller        {alive: true | false | null (it ran on another host: unknown from here), pid, host,
                       since (unix time)}
     noise_floor       the noise floor, bpb
-    seed              {genome, mean_val_bpb, n_evals}: the first seed genome
-    best              {genome, mean_val_bpb, n_evals, gain_over_seed (seed mean - best mean)}
+    seed              {genome, mean_val_bpb, n_evals, interval}: the first seed genome
+    best              {genome, mean_val_bpb, n_evals, interval, gain_over_seed (seed mean - best mean)};
+                      interval: [lo, hi], the 95% interval of the mean on the pooled noise model
     genomes           the table's rows, highest fitness first (at most --top; --top 0: all):
                       {id, state (the word), detail (what the table shows in parentheses, else null),
                       fitness, mean_val_bpb, n_evals, heldout_thresholdout, operator, parent}
     latest_candidate  {genome, verdict: confirmed | not confirmed | pending | flagged | failed,
                       reeval: queued | running | interrupted | done, candidate and incumbent (each
-                      {genome, mean_val_bpb, penalty, n_evals}), floor, margin, margin_n_evals (the
-                      candidate's evaluations the margin is for: 2 while pending), difference ((incumbent
-                      mean + penalty) - (candidate mean + penalty): crowned when above the margin}
+                      {genome, mean_val_bpb, penalty, n_evals, interval: [lo, hi] at 95%}), floor,
+                      floor_dof, difference ((incumbent mean + penalty) - (candidate mean + penalty)),
+                      p_better (P(the candidate is truly better), t on the pooled noise model),
+                      confidence (crowned once p_better reaches it), candidate_confidence (re-evaluated
+                      from it), max_evals (given up after these)}
     thresholdout      {spent, budget}: reveals of the held-out split used, of the budget
     integrity         the integrity line; sealed: whether the eval data was sealed from genomes
     sandboxes         the sandbox levels the evaluations ran under
@@ -60,7 +63,8 @@ import sqlite3
 import sys
 import time
 
-from evo.fitness import CONFIRM_SIGMAS
+from evo import fitness as fit
+from evo.fitness import interval
 from evo.run import Run, open_run
 from evo.state import GenomeRecord, RunState
 from gpt.errors import UserError
@@ -68,10 +72,12 @@ from gpt.result import SlotResult
 
 NON_TTY_WIDTH = 160
 DEFAULT_WATCH_SECONDS = 5.0
-RULE = ("crowning rule: a child whose first evaluation beats the best by more than the noise floor is a "
-        "candidate and is evaluated again with a fresh harness seed; it is crowned when its mean then beats "
-        "the best's by more than max(floor, 2·floor·√(1/n_child + 1/n_best)) (means include any held-out "
-        "penalty)")
+def rule_text(c: dict) -> str:
+    return (f"crowning rule: P(better) is the chance that a genome truly beats the best, from the difference of "
+            f"their means (held-out penalty included) over floor·√(1/n_child + 1/n_best), on Student's t; a child "
+            f"whose first evaluation gives P ≥ {c['candidate_confidence']:g} is a candidate and is evaluated again "
+            f"with fresh harness seeds, one at a time, until P ≥ {c['confidence']:g} crowns it, or P < 0.5 or "
+            f"{c['max_evals']} evaluations give it up")
 
 
 def cmd_status(args) -> int:
@@ -142,7 +148,9 @@ def _genome_numbers(state: RunState, gid: str | None) -> dict | None:
     rec = state.records.get(gid) if gid else None
     if rec is None:
         return None
-    return {"genome": gid, "mean_val_bpb": rec.mean, "penalty": rec.penalty, "n_evals": len(rec.vals)}
+    lo, hi = interval(rec.mean, len(rec.vals), state.floor, state.floor_dof)
+    return {"genome": gid, "mean_val_bpb": rec.mean, "penalty": rec.penalty, "n_evals": len(rec.vals),
+            "interval": [_finite(lo), _finite(hi)]}
 
 
 def _reeval_states(run: Run, alive: bool | None) -> dict[str, str]:
@@ -190,19 +198,21 @@ def genome_rows(run: Run, state: RunState, top: int, alive: bool | None) -> list
     return rows
 
 
-def _decision_numbers(state: RunState, gid: str, incumbent: str, verdict: str, n_for_margin: int) -> dict:
-    """The numbers `is_improvement` compares: scores are mean + penalty (= -fitness)."""
-    rec, best = state.records[gid], state.records[incumbent]
-    floor, n_best = state.floor, len(best.vals)
-    margin = max(floor, CONFIRM_SIGMAS * floor * math.sqrt(1 / max(n_for_margin, 1) + 1 / max(n_best, 1)))
+def _decision_numbers(state: RunState, gid: str, incumbent: str, verdict: str) -> dict:
+    """The numbers the sequential rule weighs: scores are mean + penalty (= -fitness)."""
+    rec, best, c = state.records[gid], state.records[incumbent], state.config
     cand, inc = _finite(-rec.fitness), _finite(-best.fitness)
+    p = (fit.p_better(cand, inc, state.floor, len(rec.vals), len(best.vals), state.floor_dof)
+         if cand is not None and inc is not None else None)
     return {"genome": gid, "verdict": verdict, "candidate": _genome_numbers(state, gid),
-            "incumbent": _genome_numbers(state, incumbent), "floor": floor, "margin": margin,
-            "margin_n_evals": n_for_margin, "difference": inc - cand if cand is not None and inc is not None else None}
+            "incumbent": _genome_numbers(state, incumbent), "floor": state.floor, "floor_dof": state.floor_dof,
+            "difference": inc - cand if p is not None else None, "p_better": p, "confidence": c.confidence,
+            "max_evals": c.max_candidate_evals, "candidate_confidence": c.candidate_confidence}
 
 
 def _decided(run: Run, gid: str) -> dict | None:
-    """The run state replayed up to the fold that judged `gid`'s re-evaluation, and what it decided."""
+    """The run state replayed up to the fold that settled `gid`'s re-evaluations, and what it decided
+    (None while it is still being re-evaluated)."""
     replay = RunState(run.config, run.journal)
     for evaluation in run.journal.done_evaluations():
         incumbent = replay.incumbent
@@ -212,14 +222,16 @@ def _decided(run: Run, gid: str) -> dict | None:
             continue
         kinds = {e.kind for e in events if e.genome_id == gid}
         rec = replay.records[gid]
+        if "reeval" in kinds:
+            continue  # undecided: one more re-evaluation
         verdict = "confirmed" if "new_best" in kinds else "flagged" if rec.flagged else \
             "failed" if rec.failed else "not confirmed"
-        return {**_decision_numbers(replay, gid, incumbent, verdict, len(rec.vals)), "reeval": "done"}
+        return {**_decision_numbers(replay, gid, incumbent, verdict), "reeval": "done"}
     return None
 
 
 def latest_candidate(run: Run, state: RunState, alive: bool | None) -> dict | None:
-    """The latest genome queued for a re-evaluation: the decision on it, or (pending) what it must beat."""
+    """The latest genome queued for a re-evaluation: the decision on it, or (pending) where it stands."""
     reevals = [e for e in run.journal.all_evaluations() if e.purpose == "reeval"]
     if not reevals or state.floor is None or state.incumbent is None:
         return None
@@ -227,10 +239,10 @@ def latest_candidate(run: Run, state: RunState, alive: bool | None) -> dict | No
     decided = _decided(run, gid)
     if decided is not None:
         return decided
-    if gid not in state.records:
+    if gid not in state.records or gid == state.incumbent:
         return None
-    pending = _decision_numbers(state, gid, state.incumbent, "pending", len(state.records[gid].vals) + 1)
-    return {**pending, "reeval": _reeval_states(run, alive).get(gid, "queued")}
+    return {**_decision_numbers(state, gid, state.incumbent, "pending"),
+            "reeval": _reeval_states(run, alive).get(gid, "queued")}
 
 
 def status_dict(run: Run, state: RunState, top: int) -> dict:
@@ -298,18 +310,14 @@ def decision_text(c: dict) -> str:
     head = (f"latest candidate {c['genome']}: mean {score(cand)} bpb over {_n(cand['n_evals'])} vs the "
             f"best{' then' if c['verdict'] != 'pending' else ''}, {inc['genome']}, {score(inc)} over "
             f"{_n(inc['n_evals'])}")
-    rule = (f"margin max({c['floor']:.4f}, {CONFIRM_SIGMAS:g}·{c['floor']:.4f}·√(1/{c['margin_n_evals']} + "
-            f"1/{inc['n_evals']})) = {c['margin']:.4f}")
-    diff = c["difference"]
-    if c["verdict"] == "pending":
-        return (f"{head}: difference (best - candidate) {_bpb(diff)} > floor {c['floor']:.4f}, so it is re-evaluated "
-                f"(re-evaluation {c['reeval']}); to be crowned, the difference over {c['margin_n_evals']} evaluations "
-                f"must exceed the {rule}")
-    if diff is None:
+    if c["p_better"] is None:
         return f"{head}: its re-evaluation was {c['verdict']}, so it was never crowned"
-    crowned = c["verdict"] == "confirmed"
-    return (f"{head}: difference (best - candidate) {diff:.4f} {'>' if crowned else '≤'} {rule}: "
-            + ("confirmed (crowned)" if crowned else c["verdict"]))
+    rule = (f"P(better) = {c['p_better']:.3f} from the difference {c['difference']:+.4f} over the noise floor "
+            f"{c['floor']:.4f} (t, {c['floor_dof']} dof); crowned at P ≥ {c['confidence']:g}, given up at "
+            f"P < 0.5 or after {c['max_evals']} evaluations")
+    if c["verdict"] == "pending":
+        return f"{head}: {rule}; so it is re-evaluated (re-evaluation {c['reeval']})"
+    return f"{head}: {rule}: " + ("confirmed (crowned)" if c["verdict"] == "confirmed" else c["verdict"])
 
 
 def _table(run: Run, d: dict):
@@ -340,14 +348,16 @@ def print_status(run: Run, state: RunState, top: int, console=None) -> None:
     say(progress_line(d), "yellow" if d["evaluations"]["interrupted"] else None)
     seed, best = d["seed"], d["best"]
     if d["noise_floor"] is not None and seed and best:
+        lo, hi = best["interval"]
+        span = f", 95% interval {lo:.4f} .. {hi:.4f}" if lo is not None else ""
         say(f"noise floor: {d['noise_floor']:.4f} bpb; seed mean {seed['mean_val_bpb']:.4f}; best {best['genome']} "
-            f"{best['mean_val_bpb']:.4f} ({best['gain_over_seed']:+.4f} over seed)")
+            f"{best['mean_val_bpb']:.4f} ({best['gain_over_seed']:+.4f} over seed{span})")
     if d["thresholdout"]:
         t = d["thresholdout"]
         say(f"Thresholdout: {t['spent']} of {t['budget']} reveals spent (the held-out column is Thresholdout's "
             "answer: the val mean unless the held-out split disagrees by more than the threshold)")
     if d["latest_candidate"]:
-        say(RULE, "dim")
+        say(rule_text(d["latest_candidate"]), "dim")
         say(decision_text(d["latest_candidate"]))
     say(d["integrity"], None if d["sealed"] else "yellow")
     if d["sandboxes"]:

@@ -42,7 +42,7 @@ def knob_values(source: str) -> dict:
     """The script's UPPER_CASE knobs as HParams values (tuples as text); {} when they cannot be read
     (the source does not parse, a knob annotation is malformed, or the knob operators are not installed)."""
     try:
-        from evo.operators.knobs import find_knobs  # imports libcst: only when a session is logged
+        from evo.operators.knobs import find_knobs  # the operators package: only when a session is logged
 
         knobs = find_knobs(source)
     except Exception:  # the reporter only displays: a genome it cannot read gets no knob columns

@@ -18,16 +18,16 @@ from gpt import lab
 
 # ---------------------------------------------------------------- hyperparameters
 DEPTH = 2  # evo: range(1, 8)
-WIDTH = 128  # evo: range(32, 512)
+WIDTH = 128  # evo: pow2(32, 512)
 HEADS = 4  # evo: choice(1, 2, 4, 8)
 SEQ_LEN = 128  # evo: choice(64, 128, 256)
-BATCH_SIZE = 16  # evo: range(4, 128)
-LEARNING_RATE = 3e-3
-WEIGHT_DECAY = 0.01
+BATCH_SIZE = 16  # evo: pow2(4, 128)
+LEARNING_RATE = 3e-3  # evo: log(1e-4, 3e-2)
+WEIGHT_DECAY = 0.01  # evo: log(1e-4, 0.3)
 WARMUP_FRACTION = 0.05  # evo: range(0.0, 0.5)
 WARMDOWN_FRACTION = 0.3  # evo: range(0.0, 0.9)
-ROPE_BASE = 10000.0
-GRAD_CLIP = 1.0
+ROPE_BASE = 10000.0  # evo: log(100.0, 1e6)
+GRAD_CLIP = 1.0  # evo: log(0.1, 10.0)
 
 
 # ---------------------------------------------------------------- model

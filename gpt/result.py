@@ -50,6 +50,8 @@ class SlotResult:
     export_seconds: float | None = _f(summary=True)  # submit to the genome's exit
     cpu_seconds: float | None = _f(summary=True)  # CPU time of every process of the slot (from /proc)
     steps: int | None = _f(summary=True)  # the genome's own `steps:` line: informational only
+    params: int | None = None  # the genome's own `params:` line: informational only
+    train_loss: float | None = None  # the genome's own `train_loss:` line: informational only
     # where and how it ran
     sandbox: str | None = _f(journal=True)  # the level the genome and the scorer ran under
     cpu_share: float | None = None  # cpu_seconds / (wall seconds x threads); None on GPU slots

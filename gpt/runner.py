@@ -25,6 +25,7 @@ One slot, step by step:
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import signal
@@ -157,7 +158,9 @@ def _add_measurements(result: SlotResult, job: SlotJob, ran: Training, out: Path
     result.cpu_seconds = ran.cpu_seconds
     result.cpu_share, result.contended = _contention(job, ran)
     result.stderr_tail = tail(out / "stderr.txt") if result.failed else ""
-    result.steps = _parse_steps(out / "stdout.txt")
+    printed = _printed_summary(out / "stdout.txt")
+    result.steps, result.params, result.train_loss = printed.get("steps"), printed.get("params"), \
+        printed.get("train_loss")
     result.limits, result.leftover_processes = ran.limits, ran.leftover_processes
     result.escaped_processes, result.peak_memory_mb = ran.escaped_processes, ran.peak_memory_mb
 
@@ -179,15 +182,28 @@ def _budget_probe(result: SlotResult, clock: dict) -> None:
         result.flag("budget")
 
 
-def _parse_steps(path: Path):
-    """The `steps:` line a genome prints in its summary, if any (informational only)."""
+PRINTED_SUMMARY = {"steps": int, "params": int, "train_loss": float}
+
+
+def _printed_summary(path: Path) -> dict:
+    """The `steps:`, `params:` and `train_loss:` lines a genome prints at the end (the last of each
+    in the last 50 lines). The genome says them, so they are informational only: shown to the LLM
+    operators as what the script printed, never scored."""
+    found = {}
     try:
-        for line in reversed(path.read_text(errors="replace").splitlines()[-50:]):
-            if line.startswith("steps:"):
-                return int(line.split(":", 1)[1].strip())
-    except (OSError, ValueError):
-        pass
-    return None
+        lines = path.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        return found
+    for line in reversed(lines):
+        key, _, value = line.partition(":")
+        if key in PRINTED_SUMMARY and key not in found:
+            try:
+                number = PRINTED_SUMMARY[key](value.strip())
+            except ValueError:
+                continue
+            if isinstance(number, int) or math.isfinite(number):
+                found[key] = number
+    return found
 
 
 SCORING_SUFFIX = ".scoring.json"  # written by `evo export` next to a script: the run's data and scoring settings

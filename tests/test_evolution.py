@@ -72,7 +72,7 @@ def test_a_child_identical_to_a_known_genome_is_recognized_and_never_evaluated(t
 
 
 def test_a_repeated_proposal_is_skipped_and_a_resumed_run_continues_the_proposal_numbers(tmp_path):
-    evolution = synthetic_run(tmp_path / "run")
+    evolution = synthetic_run(tmp_path / "run", tpe_share=0.0)  # random knob steps: no study to learn from
     run_noise(evolution)
     # while every child fails the population is the seed alone, so proposal i is a fixed child
     proposals = [evolution.breeder.propose(i) for i in range(60)]

@@ -72,7 +72,8 @@ def test_finds_the_knobs_of_tiny_cpu_with_kinds_annotations_and_lines():
     assert by_name["LEARNING_RATE"].value == 0.003 and by_name["LEARNING_RATE"].text == "3e-3"
     assert by_name["HEADS"].annotation.form == "choice" and by_name["HEADS"].annotation.values == (1, 2, 4, 8)
     assert by_name["WARMUP_FRACTION"].annotation.values == (0.0, 0.5)
-    assert by_name["GRAD_CLIP"].annotation is None
+    assert by_name["GRAD_CLIP"].annotation.form == "log" and by_name["GRAD_CLIP"].annotation.values == (0.1, 10.0)
+    assert by_name["WIDTH"].annotation.form == "pow2" and by_name["WIDTH"].annotation.values == (32, 512)
     lines = TINY_CPU.splitlines()
     assert all(lines[k.line - 1].startswith(f"{k.name} = ") for k in knobs)
 

@@ -135,6 +135,24 @@ def test_flags():
         LLMConfig.from_flags("x", base=base)
 
 
+def test_price_flags_set_the_flag_models_prices_and_need_the_model(capsys):
+    cfg = LLMConfig.from_flags("gpt-4.1-mini", price_in=0.4, price_out=1.6)
+    assert (cfg.models[0].price_in_per_m, cfg.models[0].price_out_per_m) == (0.4, 1.6)
+    assert cfg.models[0].cost_usd(1_000_000, 500_000) == pytest.approx(0.4 + 0.8)
+    with pytest.raises(UserError, match="--llm-price-in.*pass --llm too"):
+        LLMConfig.from_flags(price_in=1.0)
+    with pytest.raises(UserError, match="--llm-price-out"):
+        LLMConfig.from_flags("m", price_out=-1.0)
+    # through the command line: a bad price is refused before anything is set up
+    from evo.cli import main
+    assert main(["run", "--llm", "m", "--llm-price-in", "-3", "--out", "/nonexistent/x"]) != 0
+    assert "--llm-price-in" in capsys.readouterr().err
+
+
+def test_the_llm_share_defaults_to_the_centaur_ablations_three_tenths():
+    assert LLMConfig().share == 0.3
+
+
 def test_documented_section_is_valid(tmp_path):
     """The [llm] example in docs/llm.md parses and shows every key."""
     block = re.search(r"```toml\n(.*?)```", DOCS.read_text(), re.S).group(1)

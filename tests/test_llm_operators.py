@@ -83,7 +83,7 @@ def test_crossover_combines_two_parents(server, tmp_path):
     a = parent(TINY.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 2e-3"), bpb=1.80)
     b = parent(TINY.replace("WIDTH = 128", "WIDTH = 192"), bpb=1.90)
     server.script(answer("IDEA: B's width with A's learning rate\nRATIONALE: both helped.\n"
-                         + block("WIDTH = 128  # evo: range(32, 512)", "WIDTH = 192  # evo: range(32, 512)")))
+                         + block("WIDTH = 128  # evo: pow2(32, 512)", "WIDTH = 192  # evo: pow2(32, 512)")))
     op = LLMCrossover(run.client)
     assert (op.name, op.arity) == ("llm_crossover", 2)
     child = op([b, a], random.Random(0))  # the better parent is A whatever the order
@@ -92,7 +92,8 @@ def test_crossover_combines_two_parents(server, tmp_path):
     assert child.parents == (a.genome.id, b.genome.id) and child.operator == "llm_crossover"
     prompt = server.prompts()[0]
     assert "mean val_bpb: 1.8000" in prompt and "mean val_bpb: 1.9000" in prompt
-    assert "-LEARNING_RATE = 2e-3\n+LEARNING_RATE = 3e-3" in prompt and "+WIDTH = 192" in prompt
+    assert "-LEARNING_RATE = 2e-3  # evo: log(1e-4, 3e-2)\n+LEARNING_RATE = 3e-3  # evo: log(1e-4, 3e-2)" in prompt
+    assert "+WIDTH = 192" in prompt
     assert prompt.index("1.8000") < prompt.index("1.9000")
 
 

@@ -20,7 +20,7 @@ from synthetic import add_child, fake, finish, new_run, replayed_state
 from evo.cli import main
 
 EVO_TINY = Path(__file__).resolve().parent / "genomes" / "evo_tiny.py"
-SEED_VALS = (3.00, 3.02)  # seed mean 3.01, noise floor stdev = 0.0141; margin at n = 2 vs 2: 0.0283
+SEED_VALS = (3.00, 3.02)  # seed mean 3.01, noise floor stdev = 0.0141 (1 degree of freedom)
 JSON_KEYS = {"run_dir", "evaluations", "controller", "noise_floor", "seed", "best", "genomes", "latest_candidate",
              "thresholdout", "integrity", "sealed", "sandboxes", "flagged", "llm"}
 
@@ -64,16 +64,18 @@ def test_each_decision_is_explained_with_the_numbers_that_made_it(tmp_path, caps
     out = status_out(run_dir, capsys)
     assert state_of(out, unconfirmed) == "not confirmed" and state_of(out, seed) == "best"
     assert (f"latest candidate {unconfirmed}: mean 3.0500 bpb over 2 evaluations vs the best then, {seed}, "
-            "3.0100 over 2 evaluations: difference (best - candidate) -0.0400 ≤ margin "
-            "max(0.0141, 2·0.0141·√(1/2 + 1/2)) = 0.0283: not confirmed") in " ".join(out.split())
+            "3.0100 over 2 evaluations: P(better) = 0.108 from the difference -0.0400 over the noise floor 0.0141 "
+            "(t, 1 dof); crowned at P ≥ 0.95, given up at P < 0.5 or after 5 evaluations: not confirmed"
+            ) in " ".join(out.split())
 
     confirmed = child(evolution, 0.02, (2.80, 2.82))  # mean 2.81: 0.20 better than the seed
     out = status_out(run_dir, capsys)
     assert state_of(out, confirmed) == "best (confirmed)" and state_of(out, seed) == "seed"
     assert (f"latest candidate {confirmed}: mean 2.8100 bpb over 2 evaluations vs the best then, {seed}, 3.0100 "
-            "over 2 evaluations: difference (best - candidate) 0.2000 > margin "
-            "max(0.0141, 2·0.0141·√(1/2 + 1/2)) = 0.0283: confirmed (crowned)") in " ".join(out.split())
-    assert "crowning rule: a child whose first evaluation beats the best by more than the noise floor" in out
+            "over 2 evaluations: P(better) = 0.978 from the difference +0.2000 over the noise floor 0.0141 (t, 1 dof); "
+            "crowned at P ≥ 0.95, given up at P < 0.5 or after 5 evaluations: confirmed (crowned)"
+            ) in " ".join(out.split())
+    assert "a child whose first evaluation gives P ≥ 0.8 is a candidate" in " ".join(out.split())
 
     best = child(evolution, 0.04, (2.50, 2.52))  # crowned over the first crowned child
     candidate = child(evolution, 0.05, (2.30,))  # its re-evaluation is queued
@@ -82,9 +84,8 @@ def test_each_decision_is_explained_with_the_numbers_that_made_it(tmp_path, caps
     assert words == {seed: "seed", unconfirmed: "not confirmed", confirmed: "confirmed", best: "best (confirmed)",
                      candidate: "candidate (re-evaluation queued)"}
     assert (f"latest candidate {candidate}: mean 2.3000 bpb over 1 evaluation vs the best, {best}, 2.5100 over 2 "
-            "evaluations: difference (best - candidate) 0.2100 > floor 0.0141, so it is re-evaluated "
-            "(re-evaluation queued); to be crowned, the difference over 2 evaluations must exceed the margin "
-            "max(0.0141, 2·0.0141·√(1/2 + 1/2)) = 0.0283") in " ".join(out.split())
+            "evaluations: P(better) = 0.") in " ".join(out.split())
+    assert "so it is re-evaluated (re-evaluation queued)" in " ".join(out.split())
     spent = evolution.state.thresholdout.state
     assert "held-out (Thresholdout)" in out
     assert f"Thresholdout: {spent.spent} of {spent.budget} reveals spent" in out
@@ -103,7 +104,9 @@ def test_json_has_the_documented_keys_and_the_same_numbers(tmp_path, capsys):
     assert d["noise_floor"] == pytest.approx(0.01414, abs=1e-5)
     assert d["best"]["genome"] == confirmed and d["best"]["n_evals"] == 2
     assert d["best"]["mean_val_bpb"] == pytest.approx(2.81) and d["best"]["gain_over_seed"] == pytest.approx(0.20)
-    assert d["seed"] == {"genome": evolution.state.seed_ids[0], "mean_val_bpb": pytest.approx(3.01), "n_evals": 2}
+    assert d["seed"] == {"genome": evolution.state.seed_ids[0], "mean_val_bpb": pytest.approx(3.01), "n_evals": 2,
+                         "interval": [pytest.approx(3.01 - 12.706 * 0.014142 / 2 ** 0.5, abs=1e-3),
+                                      pytest.approx(3.01 + 12.706 * 0.014142 / 2 ** 0.5, abs=1e-3)]}
     rows = {r["id"]: r for r in d["genomes"]}
     assert set(rows[candidate]) == {"id", "state", "detail", "fitness", "mean_val_bpb", "n_evals",
                                     "heldout_thresholdout", "operator", "parent"}
@@ -112,7 +115,8 @@ def test_json_has_the_documented_keys_and_the_same_numbers(tmp_path, capsys):
     assert [r["fitness"] for r in d["genomes"]] == sorted((r["fitness"] for r in d["genomes"]), reverse=True)
     latest = d["latest_candidate"]
     assert (latest["genome"], latest["verdict"], latest["reeval"]) == (candidate, "pending", "queued")
-    assert latest["difference"] == pytest.approx(0.21) and latest["margin"] == pytest.approx(2 * 0.0141421, rel=1e-4)
+    assert latest["difference"] == pytest.approx(0.21) and 0.95 < latest["p_better"] < 1
+    assert (latest["confidence"], latest["max_evals"], latest["floor_dof"]) == (0.95, 5, 1)
     state = replayed_state(run_dir)
     assert d["thresholdout"] == {"spent": state.thresholdout.state.spent, "budget": state.thresholdout.state.budget}
     assert d["llm"]["calls"] == 0 and d["flagged"] == {} and d["integrity"].startswith("integrity")

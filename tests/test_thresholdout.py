@@ -170,7 +170,3 @@ def test_the_noise_floor_of_fewer_than_two_values_is_the_minimum():
     assert fit.noise_floor([3.0], minimum=0.01) == 0.01
 
 
-def test_an_improvement_must_beat_the_incumbent_by_more_than_the_floor():
-    assert fit.is_improvement(2.8, 3.0, floor=0.1)
-    assert not fit.is_improvement(2.95, 3.0, floor=0.1)
-    assert not fit.is_improvement(2.9, 3.0, floor=0.1)  # exactly the floor is not enough

@@ -10,6 +10,9 @@ The answer format (see evo/prompts/format.txt):
     the lines that replace them
     >>>>>>> REPLACE
 
+or, for a change of knob values only, the IDEA and RATIONALE lines and `KNOBS: NAME=value, ...`
+(checked against the script's typed knob space by the operator, evo/operators/space.py).
+
 Each edit is applied in order, to the script as the previous edits left it. Its SEARCH lines
 must match one place: first exactly (whole lines, then as text within lines), then ignoring
 trailing whitespace, then ignoring a consistent indentation difference (the replacement is
@@ -29,6 +32,7 @@ _REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")
 _FENCE = re.compile(r"^\s*```")
 _IDEA = re.compile(r"^\W*idea\W*:\**\s*(.*)$", re.I)
 _RATIONALE = re.compile(r"^\W*rationale\W*:\**\s*(.*)$", re.I)
+_KNOBS = re.compile(r"^\W*knobs\W*:\**\s*(.*)$", re.I)
 IDEA_MAX = 160
 RATIONALE_MAX = 800
 
@@ -48,6 +52,19 @@ class Answer:
     idea: str
     rationale: str
     edits: tuple[Edit, ...]
+    knobs: dict | None = None  # a knob proposal (`KNOBS: NAME=value, ...`) instead of edits
+
+
+def parse_knobs(text: str) -> dict:
+    """`NAME=value, NAME=value` (literal values) as a dict; EditError says what is wrong."""
+    try:
+        call = ast.parse(f"knobs({text})", mode="eval").body
+        if call.args:
+            raise ValueError
+        return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError, TypeError):
+        raise EditError(f"the KNOBS line {text!r} is not a list of NAME=value pairs with literal values "
+                        "(example: KNOBS: LEARNING_RATE=0.004, DEPTH=3)") from None
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -56,8 +73,8 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def has_edit_blocks(text: str) -> bool:
-    """Whether the answer has at least one '<<<<<<< SEARCH' line."""
-    return any(_SEARCH.match(line) for line in (text or "").splitlines())
+    """Whether the answer has at least one '<<<<<<< SEARCH' line or a KNOBS line."""
+    return any(_SEARCH.match(line) or _KNOBS.match(line) for line in (text or "").splitlines())
 
 
 def parse_answer(text: str) -> Answer:
@@ -98,11 +115,14 @@ def parse_answer(text: str) -> Answer:
                             "a '>>>>>>> REPLACE' line")
         i += 1
         edits.append(Edit("\n".join(search), "\n".join(replace)))
-    if not edits:
+    knobs = next((parse_knobs(m.group(1)) for m in map(_KNOBS.match, prose) if m), None)
+    if not edits and not knobs:
         raise EditError("the answer has no edit block; give at least one '<<<<<<< SEARCH' / '=======' / "
-                        "'>>>>>>> REPLACE' block")
-    idea, rationale = _header(prose)
-    return Answer(idea=idea, rationale=rationale, edits=tuple(edits))
+                        "'>>>>>>> REPLACE' block, or a 'KNOBS: NAME=value, ...' line")
+    if edits and knobs:
+        raise EditError("the answer has both edit blocks and a KNOBS line; give one or the other")
+    idea, rationale = _header([line for line in prose if not _KNOBS.match(line)])
+    return Answer(idea=idea, rationale=rationale, edits=tuple(edits), knobs=knobs)
 
 
 def _header(prose: list[str]) -> tuple[str, str]:

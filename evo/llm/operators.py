@@ -8,8 +8,11 @@ latest run-memory note, the noise floor); None means an empty one. `rng` is the 
 random stream: when the client has to choose a model it draws from it, so a resumed run makes
 the same choices as an uninterrupted one.
 
-One call asks the model for an idea, a rationale and SEARCH/REPLACE edits; an answer without
-edit blocks is retried by the client like any fault. Edits that do not apply, a result that
+One call asks the model for an idea, a rationale and SEARCH/REPLACE edits, or (mutation) a knob
+proposal `KNOBS: NAME=value, ...` checked against the parent's typed knob space; the mutation
+prompt shows the knob study of the parent's structure (best configurations with intervals, the
+last trials, CMA-ES's mean and step sizes). An answer with neither is retried by the client like
+any fault. Edits that do not apply, a result that
 does not parse, or a result that is the same program get one repair round with the error
 shown to the model; if that fails too the operator raises `EditFailure` (an OperatorFailure
 carrying the response text). The child's `rationale` is the idea line, a newline, and the
@@ -23,6 +26,8 @@ from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo, gen
 from evo.llm.client import InvalidAnswer, LLMClient
 from evo.llm.edits import Answer, EditError, apply_edits, check_python, has_edit_blocks, parse_answer
 from evo.llm.prompts import MEMORY_CHARS, PromptBook
+from evo.operators.space import knob_space, write_values
+from evo.operators.studies import study_text
 
 EMPTY_CONTEXT = OperatorContext()
 
@@ -38,6 +43,22 @@ class EditFailure(OperatorFailure):
 def _need_edit_blocks(text: str) -> None:
     if not has_edit_blocks(text):
         raise InvalidAnswer("the answer has no '<<<<<<< SEARCH' edit block")
+
+
+def _with_knobs(source: str, proposal: dict) -> str:
+    """The parent with a knob proposal written in, checked against its typed knob space."""
+    try:
+        space, _ = knob_space(source)
+        return write_values(source, space.check(proposal))[0]
+    except (ValueError, OperatorFailure) as exc:
+        raise EditError(f"the KNOBS proposal cannot be used: {exc}") from None
+
+
+def _study_text(context: OperatorContext) -> str:
+    study = context.study
+    if study is None or not study.space.dimensions:
+        return "(this script has no knobs to search: propose a code change)"
+    return study_text(study)
 
 
 class _LLMOperator:
@@ -60,7 +81,8 @@ class _LLMOperator:
     def _child_source(self, text: str, parents: list[ParentInfo]) -> tuple[Answer, str]:
         """Parse and apply an answer to parents[0]; EditError says what is wrong."""
         answer = parse_answer(text)
-        source = apply_edits(parents[0].genome.source, answer.edits)
+        source = (_with_knobs(parents[0].genome.source, answer.knobs) if answer.knobs
+                  else apply_edits(parents[0].genome.source, answer.edits))
         check_python(source)
         new_id = genome_id(source)
         if new_id == parents[0].genome.id:
@@ -108,7 +130,7 @@ class LLMMutation(_LLMOperator):
 
     def _messages(self, parents: list[ParentInfo], context: OperatorContext) -> list[dict]:
         return self.prompts.mutation(parents[0], self._history(context), context.memory, context.noise_floor,
-                                     context.slot)
+                                     context.slot, study=_study_text(context))
 
 
 class LLMCrossover(_LLMOperator):

@@ -8,7 +8,8 @@ so a broken template is a UserError at start.
 
 What may enter a prompt is fixed here: a parent's source and its public metrics (a
 `ParentInfo`, which has no held-out fields), the run's noise floor, the slot's regime
-(`SlotFacts`: budget, hardware, train corpus), the latest run note, and history rows, of
+(`SlotFacts`: budget, hardware, train corpus), the knob study's text (val-based scores only), the
+latest run note, and history rows, of
 which only the keys `child`, `operator`, `idea`, `delta_val_bpb`, `n_evals` and `status`
 are ever read.
 """
@@ -23,7 +24,8 @@ from gpt.errors import UserError
 
 RAW_TEXTS = ("brief", "format")  # plain text, no placeholders ($ is just a dollar sign)
 TEMPLATES = {  # template -> the placeholders it may use
-    "mutate": ("parent_source", "parent_metrics", "failure", "history", "memory", "answer_format", "setting"),
+    "mutate": ("parent_source", "parent_metrics", "failure", "history", "memory", "answer_format", "setting",
+               "study"),
     "crossover": ("source_a", "metrics_a", "metrics_b", "diff", "history", "memory", "answer_format", "setting"),
     "repair": ("error",),
     "summary": ("history", "memory", "n_rows"),
@@ -80,10 +82,12 @@ class PromptBook:
 
     # ---------------------------------------------------------------- prompts
     def mutation(self, parent: ParentInfo, history: list[dict], memory: str | None,
-                 noise_floor: float | None = None, slot: SlotFacts | None = None) -> list[dict]:
+                 noise_floor: float | None = None, slot: SlotFacts | None = None,
+                 study: str = "(not given)") -> list[dict]:
         return self._messages(self._fill(
             "mutate",
             setting=setting_text(slot),
+            study=study,
             parent_source=parent.genome.source.rstrip("\n"),
             parent_metrics=metrics_text(parent, noise_floor),
             failure=failure_text(parent),
@@ -146,6 +150,10 @@ def metrics_text(parent: ParentInfo, noise_floor: float | None = None) -> str:
         lines.append(f"steps (as the script printed them): {parent.steps}")
         if parent.train_seconds:
             lines.append(f"throughput: {parent.steps / parent.train_seconds:.2f} steps per train second")
+    if parent.params is not None:
+        lines.append(f"parameters (as the script printed them): {parent.params:,}")
+    if parent.train_loss is not None:
+        lines.append(f"final train loss (as the script printed it, nats per token): {parent.train_loss:.4f}")
     return "\n".join(lines)
 
 

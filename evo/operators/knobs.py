@@ -1,28 +1,31 @@
 """Knob operators: cheap, offline edits of a genome's UPPER_CASE constants.
 
 A knob is a module-level `NAME = literal` (a number, bool, str, or tuple of those).
-An inline `# evo: choice(...)` or `# evo: range(lo, hi)` comment constrains it.
-New values replace only the value expression (via libcst), so every other byte of
-the script survives and a child's diff against its parent is exactly the knobs moved.
+An inline `# evo:` comment constrains it: `choice(v1, v2, ...)`, `range(lo, hi)` (linear),
+`log(lo, hi)` (a positive number searched on a log scale) or `pow2(lo, hi)` (powers of two).
+The typed search space built from these is `evo.operators.space`.
+New values replace only the value expression's text (its span in the ast), so every other byte
+of the script survives and a child's diff against its parent is exactly the knobs moved.
 """
 from __future__ import annotations
 
 import ast
+import functools
 from contextlib import contextmanager
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-
-import libcst as cst
 
 from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo
 from gpt.errors import UserError
 
 KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 ANNOTATION = re.compile(r"#\s*evo:(.*)$")
-ALLOWED_FORMS = "'# evo: choice(v1, v2, ...)' with literal values, or '# evo: range(lo, hi)' with numbers lo <= hi"
+ALLOWED_FORMS = ("'# evo: choice(v1, v2, ...)' with literal values, '# evo: range(lo, hi)' with numbers lo <= hi, "
+                 "'# evo: log(lo, hi)' with numbers 0 < lo <= hi, or '# evo: pow2(lo, hi)' with powers of two lo <= hi")
+BOUNDED_FORMS = ("range", "log", "pow2")
 SCALARS = ("bool", "int", "float", "str")
 LOG_SIGMA = 0.5  # positive floats move by a factor exp(N(0, 0.5)): mostly x0.6 .. x1.6
 SIG_DIGITS = 3  # mutated floats are rounded so the script stays readable
@@ -31,7 +34,8 @@ RETRIES = 50
 
 @dataclass(frozen=True)
 class Annotation:
-    """A parsed `# evo:` comment. form "choice": values are the allowed values; "range": (lo, hi)."""
+    """A parsed `# evo:` comment. form "choice": values are the allowed values; "range", "log" and
+    "pow2": values are (lo, hi)."""
     form: str
     values: tuple
 
@@ -45,6 +49,7 @@ class Knob:
     annotation: Annotation | None
     line: int
     text: str = ""
+    _node: object = field(default=None, compare=False, repr=False)  # the value's ast node (its span)
 
 
 def _kind(value) -> str | None:
@@ -53,28 +58,49 @@ def _kind(value) -> str | None:
     return next((name for type_, name in zip((bool, int, float, str), SCALARS) if isinstance(value, type_)), None)
 
 
-def _parse(source: str) -> tuple[cst.Module, dict[int, int]]:
-    """The libcst module and the line of each top-level simple statement (by id), taken from the
-    ast of the same text: libcst's position metadata would make every operator call ~10x slower."""
+@dataclass(frozen=True)
+class _Parsed:
+    """A script read once: its text and, per top-level `NAME = value`, the value's ast node."""
+    source: str
+    sites: tuple  # (name, value node, first line, comment on the statement's last line, shares its line)
+    lines: tuple = ()  # the source's lines, UTF-8 encoded (the ast counts columns in bytes)
+    offsets: tuple = ()  # the character offset where each line starts
+
+    def segment(self, node) -> tuple[int, int]:
+        """The node's [start, end) character span in the source."""
+        def at(lineno: int, byte_col: int) -> int:
+            return self.offsets[lineno - 1] + len(self.lines[lineno - 1][:byte_col].decode(errors="replace"))
+        return at(node.lineno, node.col_offset), at(node.end_lineno, node.end_col_offset)
+
+
+def _parse(source: str) -> _Parsed:
+    """The top-level `NAME = value` statements of a script with their trailing comments, from the
+    ast (one pass of the standard library's parser; libcst took ~20 ms per genome). A statement's
+    comment is what follows it on its last line, when that starts with '#'."""
     try:
-        module, statements = cst.parse_module(source), ast.parse(source).body
-    except (cst.ParserSyntaxError, SyntaxError) as e:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as e:
         raise OperatorFailure(f"genome does not parse, so its knobs cannot be read: {e}") from None
-    lines, index = {}, 0
-    for stmt in module.body:
-        if isinstance(stmt, cst.SimpleStatementLine):
-            lines[id(stmt)] = statements[index].lineno
-        index += len(stmt.body) if isinstance(stmt, cst.SimpleStatementLine) else 1
-    return module, lines
+    encoded = tuple(line.encode() for line in source.splitlines(keepends=True))
+    on_line: dict[int, int] = {}  # statements that start or end on each line
+    for stmt in tree.body:
+        for line in {stmt.lineno, stmt.end_lineno}:
+            on_line[line] = on_line.get(line, 0) + 1
+    sites = []
+    for stmt in tree.body:
+        target = (stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                  else stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None)
+        if isinstance(target, ast.Name) and KNOB_NAME.match(target.id):
+            shared = on_line[stmt.lineno] > 1 or on_line[stmt.end_lineno] > 1
+            rest = encoded[stmt.end_lineno - 1][stmt.end_col_offset:].decode(errors="replace").strip()
+            sites.append((target.id, stmt.value, stmt.lineno, rest if rest.startswith("#") else "", shared))
+    offsets = [0]
+    for line in encoded:
+        offsets.append(offsets[-1] + len(line.decode(errors="replace")))
+    return _Parsed(source, tuple(sites), encoded, tuple(offsets))
 
 
-def _target(small) -> str | None:
-    """The knob name a small statement assigns (one UPPER_CASE name target), else None."""
-    target = (small.targets[0].target if isinstance(small, cst.Assign) and len(small.targets) == 1
-              else small.target if isinstance(small, cst.AnnAssign) and small.value is not None else None)
-    return target.value if isinstance(target, cst.Name) and KNOB_NAME.match(target.value) else None
-
-
+@functools.lru_cache(maxsize=4096)  # every child of a genome repeats its annotations
 def _annotation(comment: str, line: int, name: str, kind: str, shared: bool) -> Annotation | None:
     """Parse `# evo: ...` with ast (never eval); anything malformed is the user's to fix."""
     if not (match := ANNOTATION.search(comment)):
@@ -91,8 +117,8 @@ def _annotation(comment: str, line: int, name: str, kind: str, shared: bool) -> 
     except SyntaxError:
         raise bad("it is not valid Python") from None
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.keywords \
-            or call.func.id not in ("choice", "range"):
-        raise bad("expected choice(...) or range(...)")
+            or call.func.id not in ("choice",) + BOUNDED_FORMS:
+        raise bad("expected choice(...), range(...), log(...) or pow2(...)")
     try:
         values = tuple(ast.literal_eval(arg) for arg in call.args)
     except ValueError:
@@ -101,36 +127,37 @@ def _annotation(comment: str, line: int, name: str, kind: str, shared: bool) -> 
         if not values or any(_kind(v) is None for v in values):
             raise bad("choice needs one or more numbers, bools, strings or tuples")
         return Annotation("choice", values)
+    form = call.func.id
     if len(values) != 2 or any(_kind(v) not in ("int", "float") for v in values) or values[0] > values[1]:
-        raise bad("range needs exactly two numbers lo <= hi")
+        raise bad(f"{form} needs exactly two numbers lo <= hi")
     if kind not in ("int", "float"):
-        raise bad(f"range only applies to number knobs, this one is {kind}")
-    return Annotation("range", values)
+        raise bad(f"{form} only applies to number knobs, this one is {kind}")
+    if form == "log" and values[0] <= 0:
+        raise bad("log needs a positive lower bound")
+    if form == "pow2" and (kind != "int" or not all(isinstance(v, int) and v >= 1 and v & (v - 1) == 0
+                                                    for v in values)):
+        raise bad("pow2 applies to int knobs and needs two powers of two")
+    return Annotation(form, values)
 
 
-def _knobs(module: cst.Module, lines: dict[int, int]) -> list[Knob]:
+def _knobs(parsed: _Parsed) -> list[Knob]:
     knobs = []
-    for stmt in module.body:
-        if id(stmt) not in lines:
-            continue
-        line, comment = lines[id(stmt)], stmt.trailing_whitespace.comment
-        for small in stmt.body:
-            if (name := _target(small)) is None:
-                continue
-            text = module.code_for_node(small.value)
-            try:
-                value = ast.literal_eval(text.strip())
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                continue  # not a literal: an expression, a call, a name ...
-            if (kind := _kind(value)) is not None:
-                annotation = _annotation(comment.value if comment else "", line, name, kind, len(stmt.body) > 1)
-                knobs.append(Knob(name, value, kind, annotation, line, text))
+    for name, node, line, comment, shared in parsed.sites:
+        start, end = parsed.segment(node)
+        text = parsed.source[start:end]
+        try:
+            value = ast.literal_eval(node)  # the node itself: no second parse
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue  # not a literal: an expression, a call, a name ...
+        if (kind := _kind(value)) is not None:
+            knobs.append(Knob(name, value, kind, _annotation(comment, line, name, kind, shared), line, text,
+                              _node=node))
     return knobs
 
 
 def find_knobs(source: str) -> list[Knob]:
     """Every top-level `UPPER_CASE = literal` in the script, in source order."""
-    return _knobs(*_parse(source))
+    return _knobs(_parse(source))
 
 
 def _propose(knob: Knob, rng: random.Random):
@@ -183,16 +210,13 @@ def _literal(value, style: str) -> str:
     return text
 
 
-def _rewrite(module: cst.Module, lines: dict[int, int], new_texts: dict[tuple[int, str], str]) -> str:
+def _rewrite(parsed: _Parsed, new_texts: dict[tuple[int, str], str]) -> str:
     """Swap in new value texts for (line, name) knobs; every other byte stays as it was."""
-    body = []
-    for stmt in module.body:
-        if id(stmt) in lines:
-            keys = [(lines[id(stmt)], _target(small)) for small in stmt.body]
-            stmt = stmt.with_changes(body=[small.with_changes(value=cst.parse_expression(new_texts[key]))
-                                           if key in new_texts else small for small, key in zip(stmt.body, keys)])
-        body.append(stmt)
-    source = module.with_changes(body=body).code
+    spans = sorted(((*parsed.segment(k._node), new_texts[(k.line, k.name)]) for k in _knobs(parsed)
+                    if (k.line, k.name) in new_texts), reverse=True)
+    source = parsed.source
+    for start, end, text in spans:
+        source = source[:start] + text + source[end:]
     try:
         ast.parse(source)
     except SyntaxError as e:
@@ -204,8 +228,8 @@ def mutate_knobs(source: str, rng: random.Random, n: int | None = None) -> tuple
     """Change n knobs (default: 1 or 2, at random). Returns the new source and (name, old, new) changes."""
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    module, lines = _parse(source)
-    knobs = list({k.name: k for k in _knobs(module, lines)}.values())  # per name the last: it takes effect
+    parsed = _parse(source)
+    knobs = list({k.name: k for k in _knobs(parsed)}.values())  # per name the last: it takes effect
     wanted = rng.randint(1, 2) if n is None else n
     texts, changes = {}, []
     for knob in rng.sample(knobs, len(knobs)):
@@ -222,13 +246,13 @@ def mutate_knobs(source: str, rng: random.Random, n: int | None = None) -> tuple
     if not changes:
         raise OperatorFailure("genome has no mutable knobs: add UPPER_CASE = number assignments at module "
                               "level (e.g. LEARNING_RATE = 3e-3), or '# evo: choice(...)' on str/tuple knobs")
-    return _rewrite(module, lines, texts), changes
+    return _rewrite(parsed, texts), changes
 
 
 def crossover_knobs(source_a: str, source_b: str, rng: random.Random) -> tuple[str, list[tuple]]:
     """Parent a's script with each knob both share taking b's value with probability 1/2 (at least one)."""
-    module, lines = _parse(source_a)
-    mine = {k.name: k for k in _knobs(module, lines)}  # per name the last assignment: it takes effect
+    parsed = _parse(source_a)
+    mine = {k.name: k for k in _knobs(parsed)}  # per name the last assignment: it takes effect
     theirs = {k.name: k for k in find_knobs(source_b)}
     differing = [(a, theirs[name]) for name, a in mine.items() if name in theirs and theirs[name].value != a.value]
     if not differing:
@@ -236,7 +260,7 @@ def crossover_knobs(source_a: str, source_b: str, rng: random.Random) -> tuple[s
         raise OperatorFailure(f"knob crossover needs parents that differ in a knob, but these {shared}")
     taken = [pair for pair in differing if rng.random() < 0.5] or [rng.choice(differing)]
     texts = {(a.line, a.name): b.text for a, b in taken}  # b's own text: its exact value, in its style
-    return _rewrite(module, lines, texts), [(a.name, a.value, b.value) for a, b in taken]
+    return _rewrite(parsed, texts), [(a.name, a.value, b.value) for a, b in taken]
 
 
 def describe(changes: list[tuple]) -> str:
