@@ -175,7 +175,7 @@ class Breeder:
             if other is None or other[0] != structure:
                 continue
             if rec.fitness != fit.WORST_FITNESS:
-                trials.append(Trial(gid, other[2], -rec.fitness, len(rec.vals)))
+                trials.append(Trial(gid, other[2], -rec.fitness, len(rec.vals), val_mean=rec.mean))
             elif rec.failed or rec.flagged:
                 trials.append(Trial(gid, other[2], None, len(rec.vals), failure=rec.failed or f"flagged: {rec.flagged}"))
         if not trials:  # nothing scored yet (the noise floor is still being measured): the genome itself

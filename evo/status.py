@@ -40,7 +40,8 @@ is False) are interrupted: `evo resume RUN_DIR` runs them again.
                       interval: [lo, hi], the 95% interval of the mean on the pooled noise model
     genomes           the table's rows, highest fitness first (at most --top; --top 0: all):
                       {id, state (the word), detail (what the table shows in parentheses, else null),
-                      fitness, mean_val_bpb, n_evals, heldout_thresholdout, operator, parent}
+                      fitness, mean_val_bpb, interval ([lo, hi]: 95%, t on the pooled noise model),
+                      n_evals, heldout_thresholdout, operator, parent}
     latest_candidate  {genome, verdict: confirmed | not confirmed | pending | flagged | failed,
                       reeval: queued | running | interrupted | done, candidate and incumbent (each
                       {genome, mean_val_bpb, penalty, n_evals, interval: [lo, hi] at 95%}), floor,
@@ -192,8 +193,10 @@ def genome_rows(run: Run, state: RunState, top: int, alive: bool | None) -> list
     for gid, rec in ranked[:top] if top > 0 else ranked:
         genome = j.genome(gid)
         word, detail = state_word(state, gid, rec, not_confirmed, reevals)
+        lo, hi = interval(rec.mean, len(rec.vals), state.floor, state.floor_dof)
         rows.append({"id": gid, "state": word, "detail": detail, "fitness": _finite(rec.fitness),
-                     "mean_val_bpb": rec.mean, "n_evals": len(rec.vals), "heldout_thresholdout": rec.answer,
+                     "mean_val_bpb": rec.mean, "interval": [_finite(lo), _finite(hi)], "n_evals": len(rec.vals),
+                     "heldout_thresholdout": rec.answer,
                      "operator": genome.operator, "parent": genome.parents[0] if genome.parents else None})
     return rows
 
@@ -324,12 +327,15 @@ def _table(run: Run, d: dict):
     from rich.table import Table
 
     table = Table(title=f"{run.path}: best genomes")
-    columns = ("id", "state", "fitness", "mean val_bpb", "evals", "held-out (Thresholdout)", "operator", "parent")
+    columns = ("id", "state", "fitness", "mean val_bpb (95%)", "evals", "held-out (Thresholdout)", "operator",
+               "parent")
     for col in columns:
         table.add_column(col, no_wrap=col in ("id", "parent", "operator"))
     for r in d["genomes"]:
         word = f"{r['state']} ({r['detail']})" if r["detail"] else r["state"]
-        table.add_row(r["id"], word, _bpb(r["fitness"]), _bpb(r["mean_val_bpb"]), str(r["n_evals"]),
+        lo, hi = r["interval"]
+        mean = _bpb(r["mean_val_bpb"]) + (f" ± {(hi - lo) / 2:.4f}" if lo is not None and hi is not None else "")
+        table.add_row(r["id"], word, _bpb(r["fitness"]), mean, str(r["n_evals"]),
                       _bpb(r["heldout_thresholdout"]), r["operator"], r["parent"] or "-")
     return table
 

@@ -290,3 +290,47 @@ def test_default_answer_serves_any_tiny_cpu_prompt(tmp_path):
         child = LLMCrossover(run.client)([parent(), p], random.Random(0))
         assert child.source not in (TINY, p.genome.source)
         assert "What worked" in summarize(run.client, [])
+
+
+def _study_context():
+    from evo.operators.space import knob_space
+    from evo.operators.studies import Study, Trial
+
+    space, own = knob_space(TINY)
+    lower = {**own, "LEARNING_RATE": 0.002}
+    trials = (Trial("seed", own, 1.95, 3, val_mean=1.95), Trial("c1", lower, 1.90, 2, val_mean=1.90),
+              Trial("c2", {**own, "WIDTH": 512}, None, 1, failure="out of memory"))
+    return OperatorContext(noise_floor=0.004, study=Study("s", space, trials, noise_floor=0.004))
+
+
+def test_the_mutation_prompt_shows_the_knob_study_and_a_knobs_answer_becomes_a_checked_child(server, tmp_path):
+    run = Run(server, tmp_path)
+    server.script(answer("IDEA: a higher learning rate, a longer warmdown\nRATIONALE: the study's best moved up.\n"
+                         "KNOBS: LEARNING_RATE=0.005, WARMDOWN_FRACTION=0.5"))
+    child = LLMMutation(run.client)([parent(params=812_000, train_loss=1.234)], random.Random(0), _study_context())
+    assert child.source == TINY.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 5e-3").replace(
+        "WARMDOWN_FRACTION = 0.3", "WARMDOWN_FRACTION = 0.5")
+    assert child.rationale.startswith("a higher learning rate")
+    prompt = server.prompts()[0]
+    assert "Knob study of this structure (3 trials, 2 with a val mean)" in prompt
+    assert "LEARNING_RATE: 0.0001 .. 0.03 (log scale)" in prompt and "WIDTH: 32 .. 512 (powers of two)" in prompt
+    assert "best: val_bpb 1.9000 +- 0.0057 over 2 eval(s): DEPTH=2, WIDTH=128" in prompt
+    assert "trial: failed: out of memory: DEPTH=2, WIDTH=512" in prompt
+    assert "CMA-ES mean after 0 update(s)" in prompt and "CMA-ES step per knob" in prompt
+    assert "parameters (as the script printed them): 812,000" in prompt
+    assert "final train loss (as the script printed it, nats per token): 1.2340" in prompt
+    assert "KNOBS: NAME=value" in prompt
+
+
+@pytest.mark.parametrize("knobs, why", [
+    ("DROPOUT=0.1", "not knobs of this genome: DROPOUT"),
+    ("LEARNING_RATE=__import__('os').system('id')", "not a list of NAME=value pairs with literal values"),
+    ("LEARNING_RATE=0.003", "equal the parent's"),
+])
+def test_a_knobs_answer_outside_the_space_or_with_code_is_repaired_never_applied(server, tmp_path, knobs, why):
+    run = Run(server, tmp_path)
+    server.script(answer(f"IDEA: x\nRATIONALE: y\nKNOBS: {knobs}"), answer("IDEA: x\nRATIONALE: y\nKNOBS: DEPTH=3"))
+    child = LLMMutation(run.client)([parent()], random.Random(0), _study_context())
+    assert child.source == TINY.replace("DEPTH = 2", "DEPTH = 3")
+    repair = server.requests[1]["messages"][-1]["content"]
+    assert why in repair

@@ -78,6 +78,10 @@ def test_evo_run_with_llm_model_evaluates_llm_children_and_keeps_secrets(tmp_pat
     text = "\n".join(prompts)
     assert "training budget per slot: 1 s of wall clock on cpu" in text
     assert "corpus: text, tokenizer byte (vocabulary 256)" in text and "train tokens in" in text
+    # ... the parent's throughput, the knob study of its structure, the history against the parent
+    assert "steps per train second" in text and "Knob study of this structure" in text
+    assert "space: WIDTH: one of 8, 16, 32; SEQ_LEN: one of 32, 64" in text and "best: val_bpb " in text
+    assert "val_bpb vs parent | evals | status" in text
 
     # no held-out or test value, and no Thresholdout answer, ever reached a prompt
     heldouts = [h for (h,) in db.execute("SELECT heldout_bpb FROM evaluations WHERE heldout_bpb IS NOT NULL")]

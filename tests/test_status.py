@@ -108,8 +108,11 @@ def test_json_has_the_documented_keys_and_the_same_numbers(tmp_path, capsys):
                          "interval": [pytest.approx(3.01 - 12.706 * 0.014142 / 2 ** 0.5, abs=1e-3),
                                       pytest.approx(3.01 + 12.706 * 0.014142 / 2 ** 0.5, abs=1e-3)]}
     rows = {r["id"]: r for r in d["genomes"]}
-    assert set(rows[candidate]) == {"id", "state", "detail", "fitness", "mean_val_bpb", "n_evals",
+    assert set(rows[candidate]) == {"id", "state", "detail", "fitness", "mean_val_bpb", "interval", "n_evals",
                                     "heldout_thresholdout", "operator", "parent"}
+    lo, hi = rows[confirmed]["interval"]
+    assert lo < rows[confirmed]["mean_val_bpb"] < hi and hi - lo == pytest.approx(2 * 12.706 * 0.014142 / 2 ** 0.5,
+                                                                                   rel=1e-3)
     assert (rows[candidate]["state"], rows[candidate]["detail"]) == ("candidate", "re-evaluation queued")
     assert (rows[confirmed]["state"], rows[unconfirmed]["state"]) == ("best", "not confirmed")
     assert [r["fitness"] for r in d["genomes"]] == sorted((r["fitness"] for r in d["genomes"]), reverse=True)

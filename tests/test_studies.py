@@ -86,12 +86,13 @@ def _landscape(values) -> float:
 def _study(n: int, seed: int = 0, failures: int = 0) -> Study:
     space, own = knob_space(TINY)
     rng = random.Random(seed)
-    trials = [Trial("seed", own, _landscape(own), 3)]
+    trials = [Trial("seed", own, _landscape(own), 3, val_mean=_landscape(own))]
     for k in range(n - 1):
         values = space.from_unit([rng.random() for _ in space.dimensions])
         failed = k < failures
         trials.append(Trial(f"g{k}", values, None if failed else _landscape(values), 1,
-                            failure="out of memory" if failed else None))
+                            failure="out of memory" if failed else None,
+                            val_mean=None if failed else _landscape(values)))
     return Study("s", space, tuple(trials), noise_floor=0.05)
 
 
@@ -146,7 +147,7 @@ def test_the_study_text_shows_the_space_the_best_with_intervals_the_last_trials_
     study = _study(15, failures=2)
     text = study_text(study, last=20)
     assert "space: DEPTH: 1 .. 8 (integers)" in text and "LEARNING_RATE: 0.0001 .. 0.03 (log scale)" in text
-    assert "best: " in text and " +- " in text and "failed: out of memory" in text
+    assert "best: val_bpb " in text and " +- " in text and "failed: out of memory" in text
     assert "CMA-ES mean after 1 update(s)" in text and "CMA-ES step per knob" in text
     assert cma_summary(study)["updates"] == 1  # 15 trials, population 11: one update
 

@@ -37,13 +37,16 @@ ATTEMPTS = 30
 
 @dataclass(frozen=True)
 class Trial:
-    """One evaluated configuration of a structure. score: mean val_bpb + penalty (None: failed)."""
+    """One evaluated configuration of a structure. score: mean val_bpb + penalty (None: failed), what
+    the models minimize, as selection does; val_mean: the val mean alone, all a prompt may show (the
+    penalty comes from the held-out split's Thresholdout answer)."""
 
     genome_id: str
     values: dict
     score: float | None
     n_evals: int = 1
     failure: str | None = None
+    val_mean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,19 +207,23 @@ class CMAESSearch(_StudyOperator):
 
 
 def study_text(study: Study, top: int = 5, last: int = 10, with_cma: bool = True) -> str:
-    """The study's state in words, for the LLM prompt: the space, the best configurations with their
-    intervals, the last trials, CMA-ES's mean and step sizes."""
+    """The study's state in words, for the LLM prompt: the space, the best configurations by val mean
+    with their intervals, the last trials, CMA-ES's mean and step sizes. Val means only: nothing here
+    derives from the held-out or test splits."""
     def config(values):
         return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
     floor = study.noise_floor
-    lines = [f"Knob study of this structure ({len(study.trials)} trials, {len(study.scored)} scored):",
+    measured = [t for t in study.trials if t.val_mean is not None]
+    lines = [f"Knob study of this structure ({len(study.trials)} trials, {len(measured)} with a val mean):",
              "space: " + "; ".join(d.describe() for d in study.space.dimensions)]
-    for t in study.best(top):
+    for t in sorted(measured, key=lambda t: t.val_mean)[:top]:
         half = f" +- {2 * floor / math.sqrt(t.n_evals):.4f}" if floor else ""
-        lines.append(f"best: {t.score:.4f}{half} over {t.n_evals} eval(s): {config(t.values)}")
+        lines.append(f"best: val_bpb {t.val_mean:.4f}{half} over {t.n_evals} eval(s): {config(t.values)}")
     for t in list(study.trials)[-last:]:
-        lines.append(f"trial: {'failed: ' + t.failure if t.failure else format(t.score, '.4f')}: {config(t.values)}")
+        outcome = "failed: " + t.failure if t.failure else "not scored yet" if t.val_mean is None else \
+            f"val_bpb {t.val_mean:.4f}"
+        lines.append(f"trial: {outcome}: {config(t.values)}")
     if with_cma and len(study.trials) >= 2:
         summary = cma_summary(study)
         lines.append(f"CMA-ES mean after {summary['updates']} update(s): {config(summary['mean'])}")
