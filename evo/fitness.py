@@ -46,18 +46,33 @@ def pooled_noise_floor(groups: list[list[float]], minimum: float = 0.0) -> tuple
     return (max((ss / dof) ** 0.5, minimum) if dof else minimum), dof
 
 
+def shrunk(mean: float, n: int, floor: float, prior: tuple[float, float] | None) -> tuple[float, float]:
+    """(posterior mean, posterior variance) of a genome's true score from the mean of its n
+    evaluations (noise variance floor^2 each) under a normal prior (mean, variance); None: no prior."""
+    noise = floor ** 2 / max(n, 1)
+    if prior is None or prior[1] <= 0:
+        return mean, noise
+    prior_mean, prior_var = prior
+    precision = 1 / prior_var + 1 / noise
+    return (prior_mean / prior_var + mean / noise) / precision, 1 / precision
+
+
 def p_better(candidate: float, incumbent: float, floor: float, n_candidate: int, n_incumbent: int,
-             dof: int) -> float:
+             dof: int, prior_candidate: tuple | None = None, prior_incumbent: tuple | None = None) -> float:
     """The probability that the candidate's true score is below (better than) the incumbent's, given
-    their means over n evaluations each and the pooled noise model: the difference of the means over
-    its standard error, floor * sqrt(1/n_candidate + 1/n_incumbent), read on Student's t with the
-    floor's degrees of freedom (a floor from few repeats is itself uncertain, so the tails are wider)."""
+    their means over n evaluations each and the pooled noise model: the difference of the posterior
+    means over its standard error, read on Student's t with the floor's degrees of freedom (a floor
+    from few repeats is itself uncertain, so the tails are wider). A prior (see
+    `RunState.children_prior`) shrinks a child's mean toward what children of this run score: the
+    luck that made a child a candidate does not count as evidence."""
     from scipy.stats import t as student
 
-    se = floor * math.sqrt(1 / max(n_candidate, 1) + 1 / max(n_incumbent, 1))
+    mc, vc = shrunk(candidate, n_candidate, floor, prior_candidate)
+    mi, vi = shrunk(incumbent, n_incumbent, floor, prior_incumbent)
+    se = math.sqrt(vc + vi)
     if se <= 0:
-        return 1.0 if candidate < incumbent else 0.0
-    return float(student.cdf((incumbent - candidate) / se, max(dof, 1)))
+        return 1.0 if mc < mi else 0.0
+    return float(student.cdf((mi - mc) / se, max(dof, 1)))
 
 
 def decide(p: float, n_evals: int, confidence: float, max_evals: int) -> str:

@@ -23,6 +23,7 @@ MAX_CONTENDED_RERUNS = 2  # per genome: past this a starved evaluation is folded
 CONTENDED_CPU_RATIO = 0.5  # below this share of the genome's median CPU seconds an evaluation was starved
 RERUN_PURPOSE = {"child": "rerun"}  # a child's re-run must not count as a new child
 IMPLAUSIBLE_AFTER = 5  # children folded before the floor is compared with their spread
+PRIOR_AFTER = 5  # children's first evaluations before the crowning prior is fitted to them
 
 
 class Member:
@@ -300,12 +301,34 @@ class RunState:
             if worst.genome_id != self.incumbent:
                 self.population.remove(worst)
 
+    def children_prior(self) -> tuple[float, float] | None:
+        """What a child of this run scores before it is measured: a normal (mean, variance) from the
+        first evaluations of the children so far (median, and the MAD's variance less the noise, at
+        least a quarter of the noise variance); before PRIOR_AFTER children, centred on the seed's
+        mean with the noise variance. Shrinking toward it undoes the luck that picks candidates."""
+        if self.floor is None:
+            return None
+        firsts = [rec.vals[0] for gid, rec in self.records.items()
+                  if gid not in self.seed_ids and rec.vals and not rec.flagged]
+        noise = self.floor ** 2
+        if len(firsts) < PRIOR_AFTER:
+            seed = self.seed
+            return (seed.mean, noise) if seed and seed.mean is not None else None
+        centre = statistics.median(firsts)
+        spread = 1.4826 * statistics.median(abs(v - centre) for v in firsts)
+        return centre, max(spread ** 2 - noise, noise / 4)
+
     def p_better(self, gid: str) -> float | None:
-        """P(this genome is truly better than the incumbent), see fitness.p_better; None without both scores."""
+        """P(this genome is truly better than the incumbent), see fitness.p_better: children (the
+        incumbent too, when it is one) are shrunk toward `children_prior`, seeds are not. None
+        without both scores."""
         rec, best = self.records.get(gid), self.best
         if rec is None or best is None or self.floor is None or not rec.vals or rec.fitness == fit.WORST_FITNESS:
             return None
-        return fit.p_better(-rec.fitness, -best.fitness, self.floor, len(rec.vals), len(best.vals), self.floor_dof)
+        prior = self.children_prior()
+        return fit.p_better(-rec.fitness, -best.fitness, self.floor, len(rec.vals), len(best.vals), self.floor_dof,
+                            None if gid in self.seed_ids else prior,
+                            None if self.incumbent in self.seed_ids else prior)
 
     def _judge(self, gid: str) -> list[Event]:
         """Sequential crowning. A child whose first evaluation gives P(better than the incumbent) of at

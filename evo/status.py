@@ -48,7 +48,8 @@ is False) are interrupted: `evo resume RUN_DIR` runs them again.
                       floor_dof, difference ((incumbent mean + penalty) - (candidate mean + penalty)),
                       p_better (P(the candidate is truly better), t on the pooled noise model),
                       confidence (crowned once p_better reaches it), candidate_confidence (re-evaluated
-                      from it), max_evals (given up after these)}
+                      from it), max_evals (given up after these), prior ([mean, variance] a child's
+                      mean is shrunk toward, see RunState.children_prior; null for a seed)}
     thresholdout      {spent, budget}: reveals of the held-out split used, of the budget
     integrity         the integrity line; sealed: whether the eval data was sealed from genomes
     sandboxes         the sandbox levels the evaluations ran under
@@ -64,7 +65,6 @@ import sqlite3
 import sys
 import time
 
-from evo import fitness as fit
 from evo.fitness import interval
 from evo.run import Run, open_run
 from evo.state import GenomeRecord, RunState
@@ -75,7 +75,8 @@ NON_TTY_WIDTH = 160
 DEFAULT_WATCH_SECONDS = 5.0
 def rule_text(c: dict) -> str:
     return (f"crowning rule: P(better) is the chance that a genome truly beats the best, from the difference of "
-            f"their means (held-out penalty included) over floor·√(1/n_child + 1/n_best), on Student's t; a child "
+            f"their means (held-out penalty included) over floor·√(1/n_child + 1/n_best), on Student's t, a child's "
+            f"mean shrunk toward what the run's children score (the luck that picks a candidate is no evidence); a child "
             f"whose first evaluation gives P ≥ {c['candidate_confidence']:g} is a candidate and is evaluated again "
             f"with fresh harness seeds, one at a time, until P ≥ {c['confidence']:g} crowns it, or P < 0.5 or "
             f"{c['max_evals']} evaluations give it up")
@@ -201,15 +202,15 @@ def genome_rows(run: Run, state: RunState, top: int, alive: bool | None) -> list
     return rows
 
 
-def _decision_numbers(state: RunState, gid: str, incumbent: str, verdict: str) -> dict:
+def _decision_numbers(state: RunState, gid: str, incumbent: str, verdict: str, p: float | None) -> dict:
     """The numbers the sequential rule weighs: scores are mean + penalty (= -fitness)."""
     rec, best, c = state.records[gid], state.records[incumbent], state.config
     cand, inc = _finite(-rec.fitness), _finite(-best.fitness)
-    p = (fit.p_better(cand, inc, state.floor, len(rec.vals), len(best.vals), state.floor_dof)
-         if cand is not None and inc is not None else None)
+    prior = state.children_prior()
     return {"genome": gid, "verdict": verdict, "candidate": _genome_numbers(state, gid),
             "incumbent": _genome_numbers(state, incumbent), "floor": state.floor, "floor_dof": state.floor_dof,
             "difference": inc - cand if p is not None else None, "p_better": p, "confidence": c.confidence,
+            "prior": list(prior) if prior and gid not in state.seed_ids else None,
             "max_evals": c.max_candidate_evals, "candidate_confidence": c.candidate_confidence}
 
 
@@ -229,7 +230,9 @@ def _decided(run: Run, gid: str) -> dict | None:
             continue  # undecided: one more re-evaluation
         verdict = "confirmed" if "new_best" in kinds else "flagged" if rec.flagged else \
             "failed" if rec.failed else "not confirmed"
-        return {**_decision_numbers(replay, gid, incumbent, verdict), "reeval": "done"}
+        p = next((e.data.get("p_better") for e in events if e.genome_id == gid
+                  and e.kind in ("new_best", "not_confirmed")), None)
+        return {**_decision_numbers(replay, gid, incumbent, verdict, p), "reeval": "done"}
     return None
 
 
@@ -244,7 +247,7 @@ def latest_candidate(run: Run, state: RunState, alive: bool | None) -> dict | No
         return decided
     if gid not in state.records or gid == state.incumbent:
         return None
-    return {**_decision_numbers(state, gid, state.incumbent, "pending"),
+    return {**_decision_numbers(state, gid, state.incumbent, "pending", state.p_better(gid)),
             "reeval": _reeval_states(run, alive).get(gid, "queued")}
 
 
@@ -315,8 +318,10 @@ def decision_text(c: dict) -> str:
             f"{_n(inc['n_evals'])}")
     if c["p_better"] is None:
         return f"{head}: its re-evaluation was {c['verdict']}, so it was never crowned"
+    prior = (f", the child's mean shrunk toward what this run's children score ({c['prior'][0]:.4f} ± "
+             f"{math.sqrt(c['prior'][1]):.4f})" if c.get("prior") else "")
     rule = (f"P(better) = {c['p_better']:.3f} from the difference {c['difference']:+.4f} over the noise floor "
-            f"{c['floor']:.4f} (t, {c['floor_dof']} dof); crowned at P ≥ {c['confidence']:g}, given up at "
+            f"{c['floor']:.4f} (t, {c['floor_dof']} dof){prior}; crowned at P ≥ {c['confidence']:g}, given up at "
             f"P < 0.5 or after {c['max_evals']} evaluations")
     if c["verdict"] == "pending":
         return f"{head}: {rule}; so it is re-evaluated (re-evaluation {c['reeval']})"

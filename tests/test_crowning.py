@@ -69,17 +69,19 @@ def _child_row(evolution, k: int):
 def test_a_candidate_is_re_evaluated_one_evaluation_at_a_time_until_the_evidence_crowns_it(tmp_path):
     evolution = _seeded_run(tmp_path)
     row = _child_row(evolution, 1)
-    finish(evolution, row, fake(val=2.80))  # P(better) 0.89 on one evaluation: a candidate, not yet crowned
+    # the child's mean is shrunk toward the seed's (the prior before five children): P(better) 0.88 on one
+    # evaluation makes it a candidate, not yet crowned
+    finish(evolution, row, fake(val=2.70))
     rec = evolution.state.records[row.genome_id]
     assert rec.candidate and evolution.state.incumbent != row.genome_id
     first = evolution.next_evaluation()
     assert (first.genome_id, first.purpose) == (row.genome_id, "reeval")
-    finish(evolution, first, fake(val=2.82))  # mean 2.81: P 0.91, still short of 0.95
+    finish(evolution, first, fake(val=2.72))  # mean 2.71: P 0.93, still short of 0.95
     assert evolution.state.incumbent != row.genome_id and not rec.not_confirmed
     second = evolution.next_evaluation()
     assert (second.genome_id, second.purpose) == (row.genome_id, "reeval")
     assert evolution.journal.count_for(row.genome_id, "reeval") == 2
-    finish(evolution, second, fake(val=2.78))  # mean 2.80 over 3 (and a tighter floor): P 0.97
+    finish(evolution, second, fake(val=2.68))  # mean 2.70 over 3 (and a tighter floor): P above 0.95
     assert evolution.state.incumbent == row.genome_id and rec.confirmed
     (event,) = evolution.journal.events("new_best")
     assert event["genome_id"] == row.genome_id and event["p_better"] >= 0.95
@@ -88,8 +90,8 @@ def test_a_candidate_is_re_evaluated_one_evaluation_at_a_time_until_the_evidence
 def test_a_candidate_whose_re_evaluation_falls_back_is_given_up_at_once(tmp_path):
     evolution = _seeded_run(tmp_path)
     row = _child_row(evolution, 2)
-    finish(evolution, row, fake(val=2.85))
-    finish(evolution, evolution.next_evaluation(), fake(val=3.25))  # mean 3.05: P < 0.5
+    finish(evolution, row, fake(val=2.70))
+    finish(evolution, evolution.next_evaluation(), fake(val=3.40))  # mean 3.05: P < 0.5
     rec = evolution.state.records[row.genome_id]
     assert rec.not_confirmed and not rec.candidate
     assert [e["genome_id"] for e in evolution.journal.events("not_confirmed")] == [row.genome_id]
@@ -99,8 +101,8 @@ def test_a_candidate_whose_re_evaluation_falls_back_is_given_up_at_once(tmp_path
 def test_a_candidate_is_given_up_at_max_candidate_evals(tmp_path):
     evolution = _seeded_run(tmp_path, max_candidate_evals=3)
     row = _child_row(evolution, 3)
-    for val in (2.85, 2.95, 2.95):  # P stays between 0.5 and 0.95 (0.84, 0.81, 0.81)
-        finish(evolution, evolution.next_evaluation() if val != 2.85 else row, fake(val=val))
+    for k, val in enumerate((2.72, 2.85, 2.85)):  # P stays between 0.5 and 0.95 (0.87, 0.89, 0.949)
+        finish(evolution, evolution.next_evaluation() if k else row, fake(val=val))
     rec = evolution.state.records[row.genome_id]
     assert len(rec.vals) == 3 and rec.not_confirmed and evolution.state.incumbent != row.genome_id
 
@@ -108,8 +110,8 @@ def test_a_candidate_is_given_up_at_max_candidate_evals(tmp_path):
 def test_a_resume_re_queues_the_next_re_evaluation_a_crash_lost(tmp_path):
     evolution = _seeded_run(tmp_path)
     row = _child_row(evolution, 4)
-    finish(evolution, row, fake(val=2.80))
-    finish(evolution, evolution.next_evaluation(), fake(val=2.82))
+    finish(evolution, row, fake(val=2.70))
+    finish(evolution, evolution.next_evaluation(), fake(val=2.72))
     queued = evolution.journal.queued()
     assert [(e.genome_id, e.purpose) for e in queued] == [(row.genome_id, "reeval")]
     with sqlite3.connect(tmp_path / "run" / JOURNAL_NAME) as db:  # the crash lost the queued follow-up
@@ -117,3 +119,17 @@ def test_a_resume_re_queues_the_next_re_evaluation_a_crash_lost(tmp_path):
     again = resumed(tmp_path / "run")
     assert [(e.genome_id, e.purpose) for e in again.journal.queued()] == [(row.genome_id, "reeval")]
     assert again.journal.count_for(row.genome_id, "reeval") == 2  # one done, one queued: not three
+
+
+def test_the_prior_shrinks_a_lucky_first_evaluation_toward_what_the_runs_children_score(tmp_path):
+    evolution = _seeded_run(tmp_path)
+    state = evolution.state
+    assert state.children_prior() == (pytest.approx(3.0), pytest.approx(0.01))  # before five children: the seed's
+    for k, val in enumerate((3.5, 3.6, 3.4, 3.7, 3.3)):  # children that mostly make things worse
+        finish(evolution, _child_row(evolution, 10 + k), fake(val=val))
+    centre, variance = state.children_prior()
+    assert centre == pytest.approx(3.5) and variance == pytest.approx(max((1.4826 * 0.1) ** 2 - 0.01, 0.0025))
+    lucky = _child_row(evolution, 20)
+    finish(evolution, lucky, fake(val=2.80))  # without the prior P(better) is 0.89: a candidate at once
+    assert fit.p_better(2.80, 3.0, 0.1, 1, 3, 2) > 0.8
+    assert state.p_better(lucky.genome_id) < 0.8 and not state.records[lucky.genome_id].candidate
