@@ -172,8 +172,8 @@ class Breeder:
         trials = []
         for gid, rec in self.state.records.items():
             other = self._shape(gid)
-            if other is None or other[0] != structure:
-                continue
+            if other is None or other[0] != structure or other[1].names != space.names:
+                continue  # another structure, or the same code with other knobs searched
             if rec.fitness != fit.WORST_FITNESS:
                 trials.append(Trial(gid, other[2], -rec.fitness, len(rec.vals), val_mean=rec.mean))
             elif rec.failed or rec.flagged:
@@ -196,6 +196,12 @@ class Breeder:
         except OperatorFailure as exc:
             self.journal.event("operator_failure", operator=name, reason=str(exc)[:2000],
                                response=str(getattr(exc, "response", "") or "")[:20000])
+            return None
+        except Exception as exc:  # noqa: BLE001 -- a genome an LLM wrote can trip any operator: drop the child
+            self.journal.event("operator_failure", operator=name, reason=f"{type(exc).__name__}: {exc}"[:2000],
+                               response="")
+            self.note(f"{name} failed on {parents[0].genome_id} ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "the child is dropped, the run goes on")
             return None
         origin = self.llm.origin_of(child.id) if self.llm else None
         if origin:

@@ -39,6 +39,7 @@ def pooled_noise_floor(groups: list[list[float]], minimum: float = 0.0) -> tuple
     repeated evaluations, sqrt(sum of squared deviations from each group's mean / sum of (n - 1))."""
     ss, dof = 0.0, 0
     for vals in groups:
+        vals = [v for v in vals if v is not None and math.isfinite(v)]  # the runner never passes others on
         if len(vals) >= 2:
             m = statistics.fmean(vals)
             ss += sum((v - m) ** 2 for v in vals)
@@ -156,6 +157,6 @@ def penalty(answer: float, val_mean: float, floor: float, weight: float) -> floa
 
 
 def fitness(val_mean: float, pen: float) -> float:
-    if val_mean is None or not math.isfinite(val_mean):
+    if val_mean is None or not math.isfinite(val_mean) or pen is None or not math.isfinite(pen):
         return WORST_FITNESS
     return -val_mean - pen

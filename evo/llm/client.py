@@ -447,7 +447,7 @@ class LLMClient:
     def _write(self, rel: str, text: str) -> None:
         path = self.run_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self._scrub(text), encoding="utf-8")
+        path.write_text(self._scrub(text), encoding="utf-8", errors="backslashreplace")  # a lone surrogate too
 
     def _scrub(self, text: str) -> str:
         """Remove every configured key's value from a text before it is written or raised."""

@@ -57,14 +57,20 @@ class Answer:
 
 def parse_knobs(text: str) -> dict:
     """`NAME=value, NAME=value` (literal values) as a dict; EditError says what is wrong."""
+    bad = False
     try:
         call = ast.parse(f"knobs({text})", mode="eval").body
-        if call.args:
-            raise ValueError
-        return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError, TypeError):
-        raise EditError(f"the KNOBS line {text!r} is not a list of NAME=value pairs with literal values "
-                        "(example: KNOBS: LEARNING_RATE=0.004, DEPTH=3)") from None
+        # exactly the call written above: `NAME=value` keywords, no positional or ** arguments
+        bad = not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "knobs"
+                   and not call.args and all(k.arg for k in call.keywords)
+                   and len({k.arg for k in call.keywords}) == len(call.keywords))
+        values = {} if bad else {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except Exception:  # noqa: BLE001 -- SyntaxError, ValueError, RecursionError, MemoryError ...: a bad line
+        bad = True
+    if bad:
+        raise EditError(f"the KNOBS line {text[:200]!r} is not a list of NAME=value pairs with literal values "
+                        "(example: KNOBS: LEARNING_RATE=0.004, DEPTH=3), each name once")
+    return values
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -283,9 +289,16 @@ def apply_edits(source: str, edits: tuple[Edit, ...] | list[Edit]) -> str:
 
 
 def check_python(source: str) -> None:
-    """EditError (with the line) if the script does not parse."""
+    """EditError (with the line) if the script does not parse or cannot be written as UTF-8."""
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EditError(f"after the edits the script holds a character that is not valid Unicode ({exc.reason} "
+                        f"at offset {exc.start}); write plain text") from None
     try:
         ast.parse(source)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise EditError(f"after the edits the script cannot be parsed: {type(exc).__name__}") from None
     except SyntaxError as exc:
         line = ""
         if exc.lineno:

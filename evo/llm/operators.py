@@ -50,7 +50,7 @@ def _with_knobs(source: str, proposal: dict) -> str:
     try:
         space, _ = knob_space(source)
         return write_values(source, space.check(proposal))[0]
-    except (ValueError, OperatorFailure) as exc:
+    except Exception as exc:  # noqa: BLE001 -- a bad value, a bad annotation (UserError), an overflow ...
         raise EditError(f"the KNOBS proposal cannot be used: {exc}") from None
 
 

@@ -27,6 +27,7 @@ ALLOWED_FORMS = ("'# evo: choice(v1, v2, ...)' with literal values, '# evo: rang
                  "'# evo: log(lo, hi)' with numbers 0 < lo <= hi, or '# evo: pow2(lo, hi)' with powers of two lo <= hi")
 BOUNDED_FORMS = ("range", "log", "pow2")
 SCALARS = ("bool", "int", "float", "str")
+PARSER_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 LOG_SIGMA = 0.5  # positive floats move by a factor exp(N(0, 0.5)): mostly x0.6 .. x1.6
 SIG_DIGITS = 3  # mutated floats are rounded so the script stays readable
 RETRIES = 50
@@ -69,7 +70,7 @@ class _Parsed:
     def segment(self, node) -> tuple[int, int]:
         """The node's [start, end) character span in the source."""
         def at(lineno: int, byte_col: int) -> int:
-            return self.offsets[lineno - 1] + len(self.lines[lineno - 1][:byte_col].decode(errors="replace"))
+            return self.offsets[lineno - 1] + len(self.lines[lineno - 1][:byte_col].decode("utf-8", "surrogatepass"))
         return at(node.lineno, node.col_offset), at(node.end_lineno, node.end_col_offset)
 
 
@@ -81,7 +82,8 @@ def _parse(source: str) -> _Parsed:
         tree = ast.parse(source)
     except (SyntaxError, ValueError) as e:
         raise OperatorFailure(f"genome does not parse, so its knobs cannot be read: {e}") from None
-    encoded = tuple(line.encode() for line in source.splitlines(keepends=True))
+    # lines as the parser counts them (\n, \r\n, \r): str.splitlines also breaks at \f, \u2028 ...
+    encoded = tuple(line.encode("utf-8", "surrogatepass") for line in PARSER_LINES.findall(source))
     on_line: dict[int, int] = {}  # statements that start or end on each line
     for stmt in tree.body:
         for line in {stmt.lineno, stmt.end_lineno}:
@@ -92,11 +94,11 @@ def _parse(source: str) -> _Parsed:
                   else stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None)
         if isinstance(target, ast.Name) and KNOB_NAME.match(target.id):
             shared = on_line[stmt.lineno] > 1 or on_line[stmt.end_lineno] > 1
-            rest = encoded[stmt.end_lineno - 1][stmt.end_col_offset:].decode(errors="replace").strip()
+            rest = encoded[stmt.end_lineno - 1][stmt.end_col_offset:].decode("utf-8", "surrogatepass").strip()
             sites.append((target.id, stmt.value, stmt.lineno, rest if rest.startswith("#") else "", shared))
     offsets = [0]
     for line in encoded:
-        offsets.append(offsets[-1] + len(line.decode(errors="replace")))
+        offsets.append(offsets[-1] + len(line.decode("utf-8", "surrogatepass")))
     return _Parsed(source, tuple(sites), encoded, tuple(offsets))
 
 

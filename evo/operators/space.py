@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 from evo.operators import knobs as kn
@@ -125,18 +126,27 @@ class Dimension:
         return f"{self.name}: {self.low:g} .. {self.high:g} ({scale})"
 
 
+def _finite(*values) -> bool:
+    """Plain finite numbers that float arithmetic can hold (no bools, no 400-digit ints)."""
+    try:
+        return all(not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e300 for v in values)
+    except (OverflowError, TypeError):
+        return False
+
+
 def _dimension(knob: kn.Knob) -> Dimension | None:
-    """The dimension a knob spans, or None when it is fixed (see the module docstring)."""
+    """The dimension a knob spans, or None when it is fixed (see the module docstring). Values or
+    bounds a float cannot hold (inf, 1e308 * 10, a 400-digit int) leave the knob fixed."""
     a, v = knob.annotation, knob.value
     if a is not None and a.form == "choice":
         return Dimension(knob.name, "choice", choices=tuple(a.values)) if len(a.values) > 1 else None
     if knob.kind == "bool":
         return Dimension(knob.name, "choice", choices=(False, True))
-    if knob.kind not in ("int", "float"):
+    if knob.kind not in ("int", "float") or not _finite(v):
         return None
     if a is not None:
         lo, hi = a.values
-        if lo == hi:
+        if lo >= hi or not _finite(lo, hi) or (knob.kind == "int" and math.ceil(lo) >= math.floor(hi)):
             return None
         if a.form == "pow2":
             return Dimension(knob.name, "pow2", lo, hi)
@@ -144,7 +154,8 @@ def _dimension(knob: kn.Knob) -> Dimension | None:
             return Dimension(knob.name, "log", lo, hi, integer=knob.kind == "int")
         return Dimension(knob.name, "int" if knob.kind == "int" else "float", lo, hi)
     if knob.kind == "float":
-        return Dimension(knob.name, "log", v / UNANNOTATED_LOG_SPAN, v * UNANNOTATED_LOG_SPAN) if v > 0 else None
+        lo, hi = v / UNANNOTATED_LOG_SPAN, v * UNANNOTATED_LOG_SPAN
+        return Dimension(knob.name, "log", lo, hi) if v > 0 and lo > 1e-300 and _finite(hi) else None
     if v >= 2 and v & (v - 1) == 0:
         return Dimension(knob.name, "pow2", max(1, v // 4), v * 4)
     return Dimension(knob.name, "int", max(1, v // 2), 2 * v) if v >= 1 else None
@@ -182,10 +193,22 @@ class KnobSpace:
     def check(self, values: dict) -> dict:
         """Values for every dimension, clipped to the space; unknown names are a ValueError (an LLM's
         knob proposal goes through here)."""
-        unknown = sorted(set(values) - set(self.names))
+        unknown = sorted(str(n) for n in set(values) - set(self.names))
         if unknown:
             raise ValueError(f"not knobs of this genome: {', '.join(unknown)} (knobs: {', '.join(self.names)})")
-        return {d.name: d.clip(values[d.name]) for d in self.dimensions if d.name in values}
+        return {d.name: _checked(d, values[d.name]) for d in self.dimensions if d.name in values}
+
+
+def _checked(d: Dimension, value):
+    """A proposed value, of the dimension's own type, clipped into it; ValueError names what is wrong."""
+    if d.kind == "choice":
+        match = next((c for c in d.choices if c == value and type(c) is type(value)), None)
+        if match is None:
+            raise ValueError(f"{d.name} = {value!r} is not one of {', '.join(map(repr, d.choices))}")
+        return match
+    if not _finite(value):
+        raise ValueError(f"{d.name} = {value!r} is not a finite number")
+    return d.clip(value)
 
 
 def knob_space(source: str) -> tuple[KnobSpace, dict]:
@@ -195,17 +218,26 @@ def knob_space(source: str) -> tuple[KnobSpace, dict]:
     return KnobSpace(dims), {d.name: found[d.name].value for d in dims}
 
 
+CODING = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)", re.M)
+
+
 def structure_id(source: str) -> str:
-    """The genome's syntax tree with every searchable knob's value blanked, hashed: genomes that
-    differ only in knob values (or in comments and formatting) share it."""
-    space, _ = knob_space(source)
+    """The genome's syntax tree with the value of each searchable knob's assignment (the one that
+    takes effect) replaced by a marker of the value's type, hashed with any coding declaration:
+    genomes that differ only in those values (or in comments and formatting) share it, and nothing
+    else does. (The marker is the Python type, not the dimension's kind: an unannotated int's kind
+    follows its value, 4 is a power of two and 3 is not.)"""
+    space, values = knob_space(source)
+    kinds = {name: type(value).__name__ for name, value in values.items()}
+    sites = {(k.line, k.name) for k in {k.name: k for k in kn.find_knobs(source)}.values() if k.name in kinds}
     tree = ast.parse(source)
     for stmt in tree.body:
-        target = (stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-                  else stmt.target if isinstance(stmt, ast.AnnAssign) else None)
-        if isinstance(target, ast.Name) and target.id in space.names:
-            stmt.value = ast.Constant(value=None)
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            target = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+            if isinstance(target, ast.Name) and (stmt.lineno, target.id) in sites:
+                stmt.value = ast.Constant(value=f"<evo knob: {kinds[target.id]}>")
+    coding = CODING.findall("\n".join(source.split("\n", 2)[:2]))
+    return hashlib.sha256((repr(coding) + ast.dump(tree)).encode()).hexdigest()[:12]
 
 
 def write_values(source: str, values: dict) -> tuple[str, list[tuple]]:

@@ -135,9 +135,10 @@ def _knob_fitness():
 _KnobFitness = _knob_fitness()
 
 
-def cma_strategy(study: Study):
+def cma_strategy(study: Study, by: str = "score"):
     """DEAP's CMA-ES strategy, started at the study's first trial (the structure's root) and updated
-    with the trials in order, one population (lambda_ trials) at a time."""
+    with the trials in order, one population (lambda_ trials) at a time, ranked by `by` ("score", or
+    "val_mean" for what a prompt may show)."""
     from deap import cma
 
     space = study.space
@@ -145,7 +146,8 @@ def cma_strategy(study: Study):
     bad = study.failure_score()
     batch = []
     for t in study.trials:
-        batch.append(_Point(space.to_unit(t.values), t.score if t.score is not None else bad))
+        value = getattr(t, by)
+        batch.append(_Point(space.to_unit(t.values), value if value is not None else bad))
         if len(batch) == strategy.lambda_:
             strategy.update(batch)
             batch = []
@@ -164,8 +166,9 @@ def propose_cmaes(study: Study, rng: random.Random) -> dict:
 
 
 def cma_summary(study: Study) -> dict:
-    """CMA-ES's mean (as knob values) and per-knob step size (unit embedding), for prompts."""
-    strategy = cma_strategy(study)
+    """CMA-ES's mean (as knob values) and per-knob step size (unit embedding), for prompts: replayed
+    on val means, so nothing in it derives from the held-out split."""
+    strategy = cma_strategy(study, by="val_mean")
     steps = strategy.sigma * np.sqrt(np.diag(strategy.C))
     return {"mean": study.space.from_unit(np.clip(strategy.centroid, 0, 1)),
             "step": {d.name: round(float(s), 3) for d, s in zip(study.space.dimensions, steps)},
