@@ -11,6 +11,7 @@ same slot directly:
     evo        evo's defaults (the knob operator shares of evo/config.py)
     evo-tpe    evo with TPE for every offline child        evo-cmaes   ... CMA-ES
     evo-random evo with random knob steps only (the operator before the knob studies)
+    evo[k=v,..] evo with these config keys, e.g. evo[tpe_share=0.3,crossover_rate=0.1]
     greedy     keep-if-better from the seed (autoresearch's rule), random knob steps
     random     random search, reports the best single evaluation
     tpe        Optuna TPE alone, reports its best trial       cmaes  DEAP CMA-ES alone, likewise
@@ -30,6 +31,7 @@ import ast
 import csv
 import math
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -252,6 +254,14 @@ def run_cmaes(landscape: Landscape, source: str, evals: int, rep: int) -> dict:
     return _best_of(trials, landscape.seed_values)
 
 
+def evo_overrides(name: str) -> dict:
+    """A named evo strategy, or `evo[key=value,...]` with config keys (e.g. evo[tpe_share=0.3])."""
+    if name in EVO_STRATEGIES:
+        return EVO_STRATEGIES[name]
+    pairs = [kv.split("=") for kv in name[4:-1].split(",") if kv]
+    return {k: type(cfg.KEYS[k].default)(v) for k, v in pairs}
+
+
 BASELINE_RUNNERS = {"greedy": run_greedy, "random": run_random, "tpe": run_tpe, "cmaes": run_cmaes}
 
 
@@ -263,8 +273,8 @@ def measure(landscape: Landscape, strategies: list[str], counts: list[int], reps
         for evals in counts:
             start, trues = time.time(), []
             for rep in range(reps):
-                if name in EVO_STRATEGIES:
-                    values = run_evo(landscape, source, evals, rep, EVO_STRATEGIES[name])
+                if name in EVO_STRATEGIES or name.startswith("evo["):
+                    values = run_evo(landscape, source, evals, rep, evo_overrides(name))
                 else:
                     values = BASELINE_RUNNERS[name](landscape, source, evals, rep)
                 trues.append(landscape.true(values))
@@ -320,12 +330,15 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--evals", default="20,50,200")
     ap.add_argument("--strategies", default=",".join([*EVO_STRATEGIES, *BASELINES]))
+    ap.add_argument("--noise", type=float, help="the noise s.d. instead of the landscape's pooled one (a sensitivity check)")
     ap.add_argument("--plot", help="write the figure here (e.g. docs/images/bench_search.png)")
     args = ap.parse_args()
     landscape = Landscape(Path(args.landscape), GENOME.read_text())
+    if args.noise is not None:
+        landscape.noise = args.noise
     counts = [50] if args.quick else [int(x) for x in args.evals.split(",")]
     reps = 10 if args.quick else args.reps
-    strategies = ["evo", "greedy", "random", "tpe", "cmaes"] if args.quick else args.strategies.split(",")
+    strategies = ["evo", "greedy", "random", "tpe", "cmaes"] if args.quick else re.split(r",(?![^\[]*\])", args.strategies)
     print(f"landscape: {landscape.n_configs} configurations, noise s.d. {landscape.noise:.4f}, seed true "
           f"{landscape.seed_true:.4f}", flush=True)
     results = measure(landscape, strategies, counts, reps, progress=lambda s: print(s, flush=True))
