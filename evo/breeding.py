@@ -177,7 +177,8 @@ class Breeder:
             if rec.fitness != fit.WORST_FITNESS:
                 trials.append(Trial(gid, other[2], -rec.fitness, len(rec.vals), val_mean=rec.mean))
             elif rec.failed or rec.flagged:
-                trials.append(Trial(gid, other[2], None, len(rec.vals), failure=rec.failed or f"flagged: {rec.flagged}"))
+                failure = rec.failed or f"flagged: {rec.flagged}"
+                trials.append(Trial(gid, other[2], None, len(rec.vals), failure=failure))
         if not trials:  # nothing scored yet (the noise floor is still being measured): the genome itself
             trials.append(Trial(genome_id, shape[2], None, 0))
         return Study(structure, space, tuple(trials), noise_floor=self.state.floor)

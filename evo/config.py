@@ -220,7 +220,8 @@ def _check_shares(values: dict) -> None:
     shares = {k: values.get(k, KEYS[k].default) for k in SHARES}
     total = sum(v for v in shares.values() if isinstance(v, (int, float)))
     if total > 1 + 1e-9:
-        raise UserError(f"search shares add up to {total:g} > 1 ({', '.join(f'{k} = {v}' for k, v in shares.items())}); "
+        listed = ", ".join(f"{k} = {v}" for k, v in shares.items())
+        raise UserError(f"search shares add up to {total:g} > 1 ({listed}); "
                         "lower them so that what is left (random knob steps) is not negative")
 
 

@@ -59,7 +59,8 @@ class Scheduler:
             elif event.kind == "contended":
                 purpose = event.data["purpose"]
                 rec = self.state.records[gid]
-                wanted = {"noise": self.config.noise_repeats, "reeval": rec.reevals}.get(purpose, 0) + rec.reruns[purpose]
+                planned = {"noise": self.config.noise_repeats, "reeval": rec.reevals}.get(purpose, 0)
+                wanted = planned + rec.reruns[purpose]
                 if self.journal.count_for(gid, purpose) < wanted:
                     self.journal.queue_evaluation(gid, purpose, self.directory.next_seed(gid))
 

@@ -266,26 +266,41 @@ BASELINE_RUNNERS = {"greedy": run_greedy, "random": run_random, "tpe": run_tpe, 
 
 
 # -------------------------------------------------------------------- the table
-def measure(landscape: Landscape, strategies: list[str], counts: list[int], reps: int, progress=print) -> dict:
+_LANDSCAPE: Landscape | None = None  # the worker processes' copy (inherited through fork)
+
+
+def _one(name: str, evals: int, rep: int) -> float:
+    """The true bpb of what strategy `name` reports after `evals` evaluations in repetition `rep`."""
     source = GENOME.read_text()
-    out = {}
-    for name in strategies:
-        for evals in counts:
-            start, trues = time.time(), []
-            for rep in range(reps):
-                if name in EVO_STRATEGIES or name.startswith("evo["):
-                    values = run_evo(landscape, source, evals, rep, evo_overrides(name))
-                else:
-                    values = BASELINE_RUNNERS[name](landscape, source, evals, rep)
-                trues.append(landscape.true(values))
+    if name in EVO_STRATEGIES or name.startswith("evo["):
+        values = run_evo(_LANDSCAPE, source, evals, rep, evo_overrides(name))
+    else:
+        values = BASELINE_RUNNERS[name](_LANDSCAPE, source, evals, rep)
+    return _LANDSCAPE.true(values)
+
+
+def measure(landscape: Landscape, strategies: list[str], counts: list[int], reps: int, progress=print,
+            jobs: int = 1) -> dict:
+    """Every (strategy, count) cell over `reps` repetitions, on `jobs` worker processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _LANDSCAPE
+    _LANDSCAPE = landscape
+    start = time.time()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {(name, evals): [pool.submit(_one, name, evals, rep) for rep in range(reps)]
+                   for name in strategies for evals in counts}
+        out = {}
+        for key, cell in futures.items():
+            trues = [f.result() for f in cell]
             q1, median, q3 = np.percentile(trues, [25, 50, 75])
-            out[(name, evals)] = {"median": float(median), "q1": float(q1), "q3": float(q3),
-                                  "p_better": statistics.fmean(t < landscape.seed_true for t in trues),
-                                  "false_crown": statistics.fmean(t > landscape.seed_true for t in trues),
-                                  "seconds": time.time() - start}
-            r = out[(name, evals)]
-            progress(f"{name:>10} evals={evals:<4} median {r['median']:.4f} [{r['q1']:.4f}, {r['q3']:.4f}] "
-                     f"better {r['p_better']:.2f} false_crown {r['false_crown']:.2f} ({r['seconds']:.0f} s)")
+            out[key] = r = {"median": float(median), "q1": float(q1), "q3": float(q3),
+                            "p_better": statistics.fmean(t < landscape.seed_true for t in trues),
+                            "false_crown": statistics.fmean(t > landscape.seed_true for t in trues),
+                            "seconds": time.time() - start}
+            progress(f"{key[0]:>10} evals={key[1]:<4} median {r['median']:.4f} [{r['q1']:.4f}, {r['q3']:.4f}] "
+                     f"better {r['p_better']:.2f} false_crown {r['false_crown']:.2f} ({r['seconds']:.0f} s so far)")
     return out
 
 
@@ -331,6 +346,7 @@ def main() -> int:
     ap.add_argument("--evals", default="20,50,200")
     ap.add_argument("--strategies", default=",".join([*EVO_STRATEGIES, *BASELINES]))
     ap.add_argument("--noise", type=float, help="the noise s.d. instead of the landscape's pooled one (a sensitivity check)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (the cells are independent)")
     ap.add_argument("--plot", help="write the figure here (e.g. docs/images/bench_search.png)")
     args = ap.parse_args()
     landscape = Landscape(Path(args.landscape), GENOME.read_text())
@@ -341,7 +357,7 @@ def main() -> int:
     strategies = ["evo", "greedy", "random", "tpe", "cmaes"] if args.quick else re.split(r",(?![^\[]*\])", args.strategies)
     print(f"landscape: {landscape.n_configs} configurations, noise s.d. {landscape.noise:.4f}, seed true "
           f"{landscape.seed_true:.4f}", flush=True)
-    results = measure(landscape, strategies, counts, reps, progress=lambda s: print(s, flush=True))
+    results = measure(landscape, strategies, counts, reps, progress=lambda s: print(s, flush=True), jobs=args.jobs)
     print(markdown(results, landscape, reps))
     if args.plot:
         plot(results, landscape, Path(args.plot))
