@@ -76,13 +76,14 @@ def p_better(candidate: float, incumbent: float, floor: float, n_candidate: int,
     return float(student.cdf((mi - mc) / se, max(dof, 1)))
 
 
-def decide(p: float, n_evals: int, confidence: float, max_evals: int) -> str:
+def decide(p: float, n_evals: int, confidence: float, max_evals: int, p_keep: float | None = None) -> str:
     """The sequential rule for a candidate after one more evaluation: "crown" once P(better) reaches
-    the confidence; "drop" once its mean is no longer likely better (P < 0.5) or it has max_evals
-    evaluations; else "reeval" (one more evaluation)."""
+    the confidence; "drop" once its mean is no longer likely better (p_keep, by default P, below
+    0.5) or it has max_evals evaluations; else "reeval" (one more evaluation)."""
     if p >= confidence:
         return "crown"
-    return "drop" if p < 0.5 or n_evals >= max_evals else "reeval"
+    keep = p if p_keep is None else p_keep
+    return "drop" if keep < 0.5 or n_evals >= max_evals else "reeval"
 
 
 def interval(mean: float, n: int, floor: float | None, dof: int, confidence: float = 0.95) -> tuple[float, float]:

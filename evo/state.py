@@ -318,33 +318,35 @@ class RunState:
         spread = 1.4826 * statistics.median(abs(v - centre) for v in firsts)
         return centre, max(spread ** 2 - noise, noise / 4)
 
-    def p_better(self, gid: str) -> float | None:
-        """P(this genome is truly better than the incumbent), see fitness.p_better: children (the
-        incumbent too, when it is one) are shrunk toward `children_prior`, seeds are not. None
-        without both scores."""
+    def p_better(self, gid: str, shrink: bool = True) -> float | None:
+        """P(this genome is truly better than the incumbent), see fitness.p_better: with `shrink`,
+        children (the incumbent too, when it is one) are shrunk toward `children_prior`, seeds are
+        not. None without both scores."""
         rec, best = self.records.get(gid), self.best
         if rec is None or best is None or self.floor is None or not rec.vals or rec.fitness == fit.WORST_FITNESS:
             return None
-        prior = self.children_prior()
+        prior = self.children_prior() if shrink else None
         return fit.p_better(-rec.fitness, -best.fitness, self.floor, len(rec.vals), len(best.vals), self.floor_dof,
                             None if gid in self.seed_ids else prior,
                             None if self.incumbent in self.seed_ids else prior)
 
     def _judge(self, gid: str) -> list[Event]:
-        """Sequential crowning. A child whose first evaluation gives P(better than the incumbent) of at
-        least candidate_confidence is a candidate and is re-evaluated with a fresh seed; after each
-        re-evaluation it is crowned once P reaches `confidence`, given up once P < 0.5 or it has
-        max_candidate_evals evaluations, else evaluated once more (fitness.decide)."""
+        """Sequential crowning. Screening is on the plain P(better than the incumbent); the crown on
+        the shrunk one (`p_better`), so the luck that made a candidate does not crown it. A child
+        whose first evaluation gives a plain P of at least candidate_confidence is a candidate and is
+        re-evaluated with a fresh seed; after each re-evaluation it is crowned once the shrunk P
+        reaches `confidence`, given up once the plain P < 0.5 or it has max_candidate_evals
+        evaluations, else evaluated once more (fitness.decide)."""
         rec, c = self.records[gid], self.config
         if gid == self.incumbent or rec.flagged or not rec.vals:
             return []
-        p = self.p_better(gid)
+        p, plain = self.p_better(gid), self.p_better(gid, shrink=False)
         if p is None:
             return []
         if len(rec.vals) == 1:
-            rec.candidate = p >= c.candidate_confidence
+            rec.candidate = plain >= c.candidate_confidence
             return self._reeval(gid) if rec.candidate else []
-        verdict = fit.decide(p, len(rec.vals), c.confidence, c.max_candidate_evals)
+        verdict = fit.decide(p, len(rec.vals), c.confidence, c.max_candidate_evals, p_keep=plain)
         if verdict == "crown":
             self.incumbent, rec.confirmed = gid, True
             return [Event("new_best", gid, {"val_bpb": rec.mean, "n_evals": len(rec.vals), "p_better": p})]

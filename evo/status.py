@@ -75,12 +75,11 @@ NON_TTY_WIDTH = 160
 DEFAULT_WATCH_SECONDS = 5.0
 def rule_text(c: dict) -> str:
     return (f"crowning rule: P(better) is the chance that a genome truly beats the best, from the difference of "
-            f"their means (held-out penalty included) over floor·√(1/n_child + 1/n_best), on Student's t, a child's "
-            f"mean shrunk toward what the run's children score (the luck that picks a candidate is no evidence); "
-            f"a child "
+            f"their means (held-out penalty included) over floor·√(1/n_child + 1/n_best), on Student's t; a child "
             f"whose first evaluation gives P ≥ {c['candidate_confidence']:g} is a candidate and is evaluated again "
-            f"with fresh harness seeds, one at a time, until P ≥ {c['confidence']:g} crowns it, or P < 0.5 or "
-            f"{c['max_evals']} evaluations give it up")
+            f"with fresh harness seeds, one at a time, until P with the child's mean shrunk toward what the run's "
+            f"children score (the luck that picks a candidate is no evidence) reaches {c['confidence']:g} and "
+            f"crowns it, or the plain P < 0.5 or {c['max_evals']} evaluations give it up")
 
 
 def cmd_status(args) -> int:
