@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from deap import base
 
 from evo.genome import Genome, OperatorContext, OperatorFailure, ParentInfo
 from evo.operators.knobs import describe
@@ -126,13 +127,9 @@ class _Point(list):
         self.fitness = _KnobFitness((score,))
 
 
-def _knob_fitness():
-    from deap import base
-
-    return type("KnobFitness", (base.Fitness,), {"weights": (-1.0,)})
-
-
-_KnobFitness = _knob_fitness()
+class _KnobFitness(base.Fitness):
+    """A study score: lower is better."""
+    weights = (-1.0,)
 
 
 def cma_strategy(study: Study, by: str = "score"):
