@@ -29,6 +29,7 @@ eval_tokens = 4096
 contended_share = 0.0
 [fitness]
 noise_repeats = 2
+max_candidate_evals = 2  # a lucky first child takes at most one re-evaluation: a second child is proposed
 [llm]
 share = 1.0
 crossover_rate = 0.0
