@@ -65,6 +65,8 @@ def _add_run_commands(sub, commands) -> None:
     p.add_argument("run_dir")
     p.add_argument("--evals", type=int, help="new evaluation limit (total)")
     p.add_argument("--hours", type=float, help="new time limit for this session")
+    p.add_argument("--dask-scheduler", help="continue on the Dask scheduler at this address (e.g. a new one "
+                                            "after the old one went away)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=commands.cmd_resume)
 
@@ -91,6 +93,12 @@ def _add_run_commands(sub, commands) -> None:
 
     p = sub.add_parser("config", help="print the documented example run.toml")
     p.set_defaults(func=commands.cmd_config)
+
+    p = sub.add_parser("cluster", help="show the batch job script [cluster] would submit (dask-jobqueue)")
+    p.add_argument("--config", required=True, help="run.toml with a [cluster] table")
+    p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing (the default; "
+                                                          "`evo run` submits the jobs)")
+    p.set_defaults(func=commands.cmd_cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

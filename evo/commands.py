@@ -63,11 +63,12 @@ def _session(run: Run, state: RunState, replayed: list, quiet: bool) -> int:
     """Slots, breeder, reporter and scheduler for one session of a run; prints the summary."""
     from evo.breeding import Breeder, slot_facts
     from evo.reporter import Reporter
-    from evo.scheduler import Scheduler
-    from evo.slots import SlotPool
+    from evo.scheduler import EXIT_CODES, Scheduler
+    from evo.slots import open_pool
 
     c = run.config
-    pool = SlotPool.create(c.device, c.slots, c.dask_scheduler)
+    sealed = bool((run.journal.get_meta("integrity") or {}).get("sealed"))
+    pool = open_pool(c, run.dataset, note=lambda text: print(text, file=sys.stderr, flush=True), sealed=sealed)
     reporter = Reporter(run.path, quiet=quiet, run=run)
     breeder = Breeder(state, run.journal, run.path, n_slots=len(pool.slots), note=reporter.note,
                       slot_facts=slot_facts(run, pool.slots))
@@ -76,7 +77,7 @@ def _session(run: Run, state: RunState, replayed: list, quiet: bool) -> int:
     summary = scheduler.run()
     print("---")
     print_fields({**summary, "run_dir": run.path}, RUN_SUMMARY + ("run_dir",), width=20, optional=())
-    return 130 if summary["stop_kind"] == "interrupted" else 0
+    return EXIT_CODES.get(summary["stop_kind"], 0)
 
 
 def cmd_run(args) -> int:
@@ -90,19 +91,22 @@ def cmd_run(args) -> int:
     from evo.slots import plan_slots
     from gpt.data import prepare
 
-    slots = plan_slots(config.device, config.slots)  # a bad device is refused before the dataset is prepared
+    on_dask = bool(config.dask_scheduler or config.kind)
+    slots = [] if on_dask else plan_slots(config.device, config.slots)  # a bad device is refused before the data
     dataset = prepare(config.data, tokenizer=config.tokenizer)
     integrity = integrity_check(dataset, config.sandbox, config.allow_unsealed)
     run = create_run(run_dir, config, seeds, dataset, integrity)
     print(f"run directory: {run_dir}", file=sys.stderr)
-    print(f"slots: {', '.join(s.name for s in slots)}; budget {config.budget_s:g} s; evaluations "
+    where = f"Dask workers ({config.dask_scheduler or config.kind + ' jobs'})" if on_dask else \
+        ", ".join(s.name for s in slots)
+    print(f"slots: {where}; budget {config.budget_s:g} s; evaluations "
           f"{config.evals or 'unlimited'}; TensorBoard: tensorboard --logdir {run_dir.parent}", file=sys.stderr)
     return _session(run, RunState(config, run.journal), [], args.quiet)
 
 
 def cmd_resume(args) -> int:
-    overrides = {k: cfg.check_value(k, v) for k, v in {"evals": args.evals, "hours": args.hours}.items()
-                 if v is not None}
+    given = {"evals": args.evals, "hours": args.hours, "dask_scheduler": args.dask_scheduler}
+    overrides = {k: cfg.check_value(k, v) for k, v in given.items() if v is not None}
     run = open_run(args.run_dir, overrides)
     run.journal.event("resumed", requeued=run.journal.requeue_running())
     state, replayed = RunState.replay(run.config, run.journal)
@@ -230,3 +234,14 @@ def cmd_eval(args) -> int:
     result: SlotResult = run_slot(job)
     print_result(result)
     return 0 if result.status == "ok" else 1
+
+
+def cmd_cluster(args) -> int:
+    """The job script of one [cluster] job, with the settings it came from; nothing is submitted."""
+    from evo.cluster import job_script
+
+    config = cfg.resolve(cfg.read_toml(args.config))
+    print(job_script(config))
+    print(f"# {config.jobs} job(s) like this one; `evo run --config {args.config}` submits them and runs the "
+          "scheduler on this machine", file=sys.stderr)
+    return 0

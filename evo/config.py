@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("run", "slots", "search", "fitness", "llm")
+SECTIONS = ("run", "slots", "cluster", "search", "fitness", "llm")
 # The defaults are the cpu-demo preset; each other preset names what it changes.
 PRESETS = {
     "cpu-demo": {},
@@ -71,7 +71,23 @@ class RunConfig:
     eval_seq_len: int = _key(256, "slots", "context length the scorer feeds the model", minimum=8)
     contended_share: float = _key(0.4, "slots", "a CPU slot whose processes got less than this share of its "
                                   "threads' time was starved: re-run, not folded in (0: never)", minimum=0)
-    dask_scheduler: str = _key("", "slots", "address of a Dask scheduler to run slots on (empty: local slots)")
+    dask_scheduler: str = _key("", "slots", "address of a running Dask scheduler whose workers run the slots "
+                               "(empty: local slots, or the [cluster] table)", flag="--dask-scheduler")
+    scheduler_wait_s: float = _key(60.0, "slots", "how long a lost Dask scheduler is waited for before the run "
+                                   "stops (resumably)", minimum=1)
+    kind: str = _key("", "cluster", "start the Dask workers as batch jobs through dask-jobqueue: slurm | pbs | "
+                     "sge | lsf (empty: none are started)", choices=("", "slurm", "pbs", "sge", "lsf"))
+    jobs: int = _key(1, "cluster", "batch jobs to submit, one Dask worker each", minimum=1)
+    queue: str = _key("", "cluster", "queue or partition (empty: the batch system's default)")
+    account: str = _key("", "cluster", "account or project to charge (empty: none)")
+    gpus_per_job: int = _key(1, "cluster", "GPUs per job: one slot each (0: one CPU slot per job)", minimum=0)
+    cores_per_job: int = _key(8, "cluster", "CPU cores per job", minimum=1)
+    memory_per_job: str = _key("64GB", "cluster", "memory per job")
+    walltime: str = _key("08:00:00", "cluster", "wall-clock limit per job")
+    job_directives: tuple = _key((), "cluster", "extra lines for the job script's header, e.g. "
+                                 "\"--constraint=h100\"")
+    worker_setup: tuple = _key((), "cluster", "shell lines each job runs before its worker starts, e.g. "
+                               "\"source .venv/bin/activate\"")
     population_size: int = _key(6, "search", "individuals kept in the population", minimum=2)
     tournament_size: int = _key(3, "search", "aspirants per tournament", minimum=1)
     tpe_share: float = _key(0.5, "search", "share of offline children proposed by TPE (Optuna) over the parent "

@@ -224,6 +224,11 @@ class Journal:
                 self._event(kind, data)
         return seq
 
+    def requeue(self, eval_id: int) -> None:
+        """A running evaluation whose slot was lost (its worker died) goes back to the queue."""
+        with self._tx():
+            self.db.execute("UPDATE evaluations SET state = 'queued' WHERE id = ? AND state = 'running'", (eval_id,))
+
     def requeue_running(self) -> list[int]:
         """After a crash: evaluations that were running go back to the queue."""
         with self._tx():

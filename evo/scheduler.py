@@ -12,6 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
 from evo.breeding import Breeder
+from evo.cluster import SlotLost
 from evo.journal import Evaluation
 from evo.reporter import Reporter
 from evo.run import Run, harness_seed
@@ -22,20 +23,24 @@ from gpt.errors import UserError
 from gpt.result import SlotResult
 
 MAX_OPERATOR_FAILURES = 50  # consecutive failed proposals before the run stops making children
+MAX_SLOT_ATTEMPTS = 3  # an evaluation whose slot was lost this often (a genome that kills its worker) fails
 FOLLOW_UPS = ("reeval", "contended")  # events that queue another evaluation
 JOURNALED = ("noise_floor", "new_best", "not_confirmed", "contended", "implausible_floor", "holdout_exhausted")
 
 
+EXIT_CODES = {"interrupted": 130, "no_slots": 75}  # `evo run`/`resume` exit codes; 75: try again later
+
+
 @dataclass(frozen=True)
 class Stop:
-    """Why a session ended. `interrupted` (Ctrl-C) exits 130, everything else 0."""
+    """Why a session ended: EXIT_CODES gives the exit code (0 for the rest)."""
 
-    kind: str  # evals | hours | no_children | interrupted
+    kind: str  # evals | hours | no_children | interrupted | no_slots (the Dask cluster is gone)
     text: str
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.kind == "interrupted" else 0
+        return EXIT_CODES.get(self.kind, 0)
 
 
 class Scheduler:
@@ -46,6 +51,7 @@ class Scheduler:
         self.journal, self.config = run.journal, run.config
         self.running: dict = {}  # future -> Evaluation
         self.busy_seconds = 0.0
+        self.most_slots = 0
         self.started_at = time.time()
 
     # ------------------------------------------------------------ follow-ups
@@ -95,10 +101,14 @@ class Scheduler:
             while True:
                 stop = stop or self._limit_reached(deadline) or self._fill_free_slots()
                 if not self.running:
-                    break
+                    waited = None if stop else self.pool.wait_for_slot()  # Dask workers may join later
+                    if stop or waited:
+                        stop = stop or Stop("no_slots", waited)
+                        break
+                    continue
                 finished, _ = wait(list(self.running), timeout=5, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    self._collect(future)
+                    stop = self._collect(future) or stop
         except KeyboardInterrupt:
             stop = Stop("interrupted", "interrupted (Ctrl-C): running slots killed; `evo resume` continues")
             self._kill_slots()
@@ -107,6 +117,7 @@ class Scheduler:
             self._kill_slots()
             raise
         finally:
+            self.pool.shutdown()
             self.breeder.close()
             self.reporter.close()
             self.directory.release()
@@ -124,11 +135,14 @@ class Scheduler:
         """Start an evaluation in every free slot, within the evaluation limit."""
         evals = self.config.evals
         left = (evals - self.journal.count_done() - len(self.running)) if evals else len(self.pool.slots)
-        while left > 0 and self.pool.free():
+        while left > 0:
+            free = self.pool.free()
+            if not free:
+                break
             evaluation = self.next_evaluation()
             if evaluation is None:
                 return Stop("no_children", "no more children can be made")
-            self._start(evaluation)
+            self._start(evaluation, free[0])
             left -= 1
         return None
 
@@ -149,22 +163,33 @@ class Scheduler:
         self.reporter.note(f"{MAX_OPERATOR_FAILURES} proposals in a row failed or were duplicates; no more children")
         return None
 
-    def _start(self, evaluation: Evaluation) -> None:
-        slot = self.pool.free()[0]
+    def _start(self, evaluation: Evaluation, slot) -> None:
         attempt = self.journal.mark_running(evaluation.id, slot.name)
         job = self.directory.slot_job(self.directory.genome_path(evaluation.genome_id),
                                     self.directory.eval_dir(evaluation.id, attempt), evaluation.seed)
         self.running[self.pool.submit(slot, job)] = evaluation
         self.reporter.started(slot.name, evaluation, self.journal.genome(evaluation.genome_id))
 
-    def _collect(self, future) -> None:
+    def _collect(self, future) -> Stop | None:
         evaluation = self.running.pop(future)
         self.pool.release(future)
-        result = future.result()
+        try:
+            result = future.result()
+        except SlotLost as lost:  # not the genome's doing (unless it keeps happening): it runs again, counted once
+            self.journal.event("slot_lost", eval_id=evaluation.id, reason=str(lost))
+            if self.journal.evaluation(evaluation.id).attempt >= MAX_SLOT_ATTEMPTS:
+                self.reporter.note(f"{lost}; evaluation {evaluation.id} lost its slot {MAX_SLOT_ATTEMPTS} times: "
+                                   "it counts as failed")
+                self.finish(evaluation, SlotResult(status="failed", reason="slot_lost", detail=str(lost)))
+            else:
+                self.journal.requeue(evaluation.id)
+                self.reporter.note(f"{lost}; evaluation {evaluation.id} is queued again")
+            return Stop("no_slots", f"{lost}; `evo resume` continues") if lost.fatal else None
         self.busy_seconds += result.slot_seconds or 0.0
         self.finish(evaluation, result)
         if self.state.seed_failure:
             raise UserError(self.state.seed_failure)
+        return None
 
     def finish(self, evaluation: Evaluation, result: SlotResult) -> int | None:
         """Fold one finished evaluation in, journal it with its scores and events in one transaction,
@@ -186,8 +211,10 @@ class Scheduler:
         return seq
 
     def utilization(self) -> float:
+        """Busy slot-seconds over available slot-seconds (slots: the most the pool has had)."""
+        self.most_slots = max(self.most_slots, len(self.pool.slots))
         elapsed = max(time.time() - self.started_at, 1e-9)
-        return self.busy_seconds / (len(self.pool.slots) * elapsed)
+        return self.busy_seconds / (max(self.most_slots, 1) * elapsed)
 
     def _kill_slots(self) -> None:
         runner.kill_all_slots()

@@ -1,9 +1,9 @@
 """Slots: where evaluations run. One slot = one device (a GPU or a share of the CPU), one genome at a time.
 
 Local slots are threads that each drive one `gpt.runner.run_slot` subprocess pipeline;
-GPU slots are pinned with CUDA_VISIBLE_DEVICES. With `dask_scheduler` set, the same
-slot jobs run on a Dask cluster through its concurrent.futures executor, so the loop
-sees the same futures either way.
+GPU slots are pinned with CUDA_VISIBLE_DEVICES. With `slots.dask_scheduler` or a `[cluster]`
+table, `evo.cluster.DaskSlotPool` runs the same jobs on Dask workers, by value; the scheduler
+sees the same futures and the same pool interface either way.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class Slot:
     device: str
     threads: int = 0
     env: dict = field(default_factory=dict)
+    worker: str = ""  # the Dask worker's address ('' for a local slot)
+    gpu: int | None = None  # on a Dask worker: the index among its own GPUs
 
 
 def plan_slots(device: str, count: int) -> list[Slot]:
@@ -48,24 +50,12 @@ class SlotPool:
         self.executor = executor or ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="slot")
         self.busy: dict[str, Future] = {}
 
-    @classmethod
-    def create(cls, device: str, count: int, dask_scheduler: str = "") -> "SlotPool":
-        slots = plan_slots(device, count)
-        if not dask_scheduler:
-            return cls(slots)
-        try:
-            from distributed import Client
-        except ImportError:
-            raise UserError("slots.dask_scheduler is set but dask.distributed is not installed: "
-                            "pip install 'dask[distributed]'")
-        try:
-            client = Client(dask_scheduler, timeout="20s")
-        except OSError as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {dask_scheduler}: {exc}")
-        return cls(slots, client.get_executor(pure=False))
-
     def free(self) -> list[Slot]:
         return [s for s in self.slots if s.name not in self.busy]
+
+    def wait_for_slot(self) -> str | None:
+        """Local slots never appear later: with none free and nothing running there is nothing to wait for."""
+        return "no slot is free"
 
     def submit(self, slot: Slot, job: SlotJob) -> Future:
         job = replace(job, device=slot.device, threads=slot.threads, env={**job.env, **slot.env})
@@ -80,3 +70,13 @@ class SlotPool:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def open_pool(config, dataset: str, note=print, sealed: bool = True):
+    """The run's slots: on Dask workers when slots.dask_scheduler or [cluster] says so, else local.
+    `sealed`: the run's eval data was sealed here, so a worker must seal it too."""
+    if config.dask_scheduler or config.kind:
+        from evo.cluster import open_dask_pool
+
+        return open_dask_pool(config, dataset, note, sealed)
+    return SlotPool(plan_slots(config.device, config.slots))

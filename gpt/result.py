@@ -59,6 +59,7 @@ class SlotResult:
     budget_s: float | None = None  # the job's budget
     seed: int | None = None  # the harness seed of the slot
     device: str | None = None  # cpu | cuda[:N]
+    worker: str = ""  # the Dask worker that ran it (host and pid), '' for a local slot
     returncode: int | None = None  # the genome process's exit code; None if none was started
     limits: dict | None = None  # the slot's caps (memory_mb, disk_mb, max_procs, max_files)
     leftover_processes: int | None = None  # processes the supervisor killed after the genome exited
