@@ -264,14 +264,17 @@ class DaskSlotPool:
             self._settle(ours, SlotLost(f"slot {slot.name}: {why}", fatal=fatal))
 
     def shutdown(self) -> None:
+        """Cancel what runs and close the client (and a started cluster); safe to call twice, and it
+        never hides the error that ended the run behind one of Dask's own."""
+        if self._closed.is_set():
+            return
         self._closed.set()
-        for theirs, _, _ in list(self._remote.values()):
-            theirs.cancel()
-        try:
-            self.client.close()
-        finally:
-            if self.cluster is not None:
-                self.cluster.close()
+        for close in [*(theirs.cancel for theirs, _, _ in list(self._remote.values())), self.client.close,
+                      *([self.cluster.close] if self.cluster is not None else [])]:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 -- the scheduler or the client's loop is already gone
+                pass
 
 
 def _manifest(path: Path) -> dict:

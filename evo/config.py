@@ -120,13 +120,15 @@ class RunConfig:
     def to_dict(self) -> dict:
         """Plain data for the journal (the [llm] table holds variable names only, never keys)."""
         values = {k.name: getattr(self, k.name) for k in SCHEMA}
-        return {**values, "genomes": list(self.genomes), "llm": _llm_plain(self.llm)}
+        lists = {k.name: list(values[k.name]) for k in SCHEMA if k.type is tuple}  # JSON has no tuples
+        return {**values, **lists, "llm": _llm_plain(self.llm)}
 
     @classmethod
     def from_dict(cls, saved: dict, overrides: dict | None = None) -> "RunConfig":
         """A journaled config (keys a newer evo dropped are ignored, keys it added take defaults)."""
         values = {k: v for k, v in saved.items() if k in KEYS}
-        values["genomes"] = tuple(values.get("genomes", KEYS["genomes"].default))
+        values.update({k.name: tuple(values[k.name]) for k in SCHEMA if k.type is tuple and k.name in values})
+        values.setdefault("genomes", KEYS["genomes"].default)
         llm = LLMConfig.from_dict(saved.get("llm") or {})
         return dataclasses.replace(cls(), **{**values, "llm": llm, **(overrides or {})})
 

@@ -1,6 +1,6 @@
 """Search strategies side by side on a simulated slot fitted to real evaluations.
 
-The simulated slot: a random forest fitted to scripts/landscape_tiny_cpu.csv (real `evo eval`s of
+The simulated slot: a Gaussian process fitted to scripts/landscape_tiny_cpu.csv (real `evo eval`s of
 genomes/tiny_cpu.py over its knob space, see scripts/landscape.py) gives a configuration's true
 (noise-free) val_bpb; each evaluation adds Gaussian noise with the s.d. pooled from the CSV's
 repeated configurations, drawn from (repetition, genome, harness seed), and configurations the
@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -65,11 +66,28 @@ BASELINES = ("greedy", "random", "tpe", "cmaes")
 
 
 # -------------------------------------------------------------------- the simulated slot
+def fit_surrogate(x: np.ndarray, mean_bpb: np.ndarray, n_evals: np.ndarray, noise: float):
+    """A Gaussian process (Matern 5/2, one length scale per knob) through the configurations' mean bpb,
+    each mean's own noise (noise^2 / its evaluations) on the diagonal. Chosen over a random forest by
+    10-fold cross-validation on the landscape (RMSE 0.33 vs 0.49 bpb; on the 10 best configurations
+    the forest predicts 0.49 bpb too high, smoothing every good region away, the GP 0.08)."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern
+
+    kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3), nu=2.5)
+    alpha = noise ** 2 / n_evals / mean_bpb.var()  # on the normalized targets' scale
+    with warnings.catch_warnings():  # length scales at their bounds: knobs that barely matter
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianProcessRegressor(kernel, alpha=alpha, normalize_y=True, n_restarts_optimizer=3,
+                                        random_state=0).fit(x, mean_bpb)
+
+
 class Landscape:
     """True bpb and failure of a configuration, fitted to the measured CSV; noise from its repeats."""
 
     def __init__(self, path: Path, source: str):
-        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+        from sklearn.ensemble import RandomForestClassifier
 
         self.space, self.seed_values = knob_space(source)
         latest = {}  # (config, harness seed) -> its last row: a starved row was measured again
@@ -81,7 +99,7 @@ class Landscape:
         configs: dict[str, list] = {}
         for row in rows:
             configs.setdefault(row["config"], []).append(row)
-        features, targets, failed_x, failed_y, groups = [], [], [], [], []
+        features, targets, counts, failed_x, failed_y, groups = [], [], [], [], [], []
         for name, group in configs.items():
             values = {d.name: ast.literal_eval(group[0][d.name]) for d in self.space.dimensions}
             x = self.space.to_unit(values)
@@ -91,14 +109,14 @@ class Landscape:
             if vals:
                 features.append(x)
                 targets.append(statistics.fmean(vals))
+                counts.append(len(vals))
                 if len(vals) >= 2:
                     groups.append(vals)
         ss = sum(sum((v - statistics.fmean(g)) ** 2 for v in g) for g in groups)
         dof = sum(len(g) - 1 for g in groups)
         self.noise = math.sqrt(ss / dof) if dof else 0.05
         self.n_rows, self.n_configs, self.n_failed = len(rows), len(configs), sum(failed_y)
-        self.model = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=0)
-        self.model.fit(np.array(features), np.array(targets))
+        self.model = fit_surrogate(np.array(features), np.array(targets), np.array(counts), self.noise)
         self.failure = None
         if 0 < sum(failed_y) < len(failed_y):
             self.failure = RandomForestClassifier(n_estimators=100, min_samples_leaf=2, random_state=0)
@@ -110,8 +128,7 @@ class Landscape:
     def true(self, values: dict) -> float:
         key = tuple(sorted(values.items()))
         if key not in self._cache:
-            x = np.array([self.space.to_unit(values)], dtype=np.float32)  # the trees' own predict: no joblib
-            self._cache[key] = float(np.mean([tree.tree_.predict(x).ravel()[0] for tree in self.model.estimators_]))
+            self._cache[key] = float(self.model.predict(np.array([self.space.to_unit(values)]))[0])
         return self._cache[key]
 
     def fails(self, values: dict) -> bool:
