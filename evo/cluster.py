@@ -80,11 +80,12 @@ class DaskSlotPool:
 
     def __init__(self, client, dataset: str | Path, wait_s: float = 60.0, note=print, cluster=None,
                  sandbox: str = "auto", sealed: bool = True):
+        from gpt.dataset import Dataset
         from gpt.worker import DatasetRef
 
         self.client, self.cluster, self.wait_s, self.note = client, cluster, wait_s, note
-        manifest = _manifest(Path(dataset))
         self.dataset_path = Path(dataset)
+        manifest = Dataset(self.dataset_path).manifest  # a missing or damaged one: a UserError naming the fix
         self.ref = DatasetRef(key=manifest.get("key") or Path(dataset).name, hashes=manifest.get("hashes") or {},
                               source=str(manifest.get("source", "")))
         self.sandbox, self.sealed = sandbox, sealed
@@ -132,7 +133,8 @@ class DaskSlotPool:
             differ = [f"{k} {theirs.get(k)} (controller {v})" for k, v in self.versions.items() if theirs.get(k) != v]
             if _weaker(theirs.get("sandbox", ""), self.level):
                 differ.append(f"sandbox {theirs.get('sandbox')} (controller {self.level})")
-            why = "its versions differ from the controller's: " + ", ".join(differ) if differ else ""
+            why = ("its versions differ from the controller's: " + ", ".join(differ) + "; install the controller's "
+                   "evo checkout and torch on it (and bubblewrap, for the sandbox)") if differ else ""
         if why:
             self.excluded[address] = why
             self.note(f"worker {address} gets no jobs: {why}")
@@ -245,9 +247,9 @@ class DaskSlotPool:
             if not connected:
                 lost_since = lost_since or time.monotonic()
                 gone_for = time.monotonic() - lost_since
-                fatal = gone_for >= self.wait_s
-                if fatal or self._remote:
-                    self._fail_all(f"the Dask scheduler is unreachable ({gone_for:.0f} s)", fatal=fatal)
+                if self._remote:
+                    self._fail_all(f"the Dask scheduler is unreachable ({gone_for:.0f} s)",
+                                   fatal=gone_for >= self.wait_s)
                 continue
             lost_since = None
             try:
@@ -277,23 +279,13 @@ class DaskSlotPool:
                 pass
 
 
-def _manifest(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the dataset's manifest in {path} ({exc}); prepare it again with "
-                        "`evo prepare`") from None
-
-
 # ------------------------------------------------------------------ opening a pool
 def open_dask_pool(config, dataset: str, note=print, sealed: bool = True) -> DaskSlotPool:
     """A pool on the running scheduler `config.dask_scheduler`, or on a cluster started from [cluster]."""
     try:
         from distributed import Client
     except ImportError:
-        raise UserError("Dask slots need dask.distributed: pip install 'dask[distributed]'") from None
+        raise UserError('Dask slots need dask.distributed: pip install -e ".[cluster]"') from None
     cluster = None
     if config.dask_scheduler:
         address = config.dask_scheduler
@@ -343,7 +335,7 @@ def _jobqueue(kind: str, what: str):
     try:
         module = importlib.import_module(f"dask_jobqueue.{kind}")
     except ImportError:
-        raise UserError("[cluster] needs dask-jobqueue: pip install dask-jobqueue") from None
+        raise UserError('[cluster] needs dask-jobqueue: pip install -e ".[cluster]"') from None
     return getattr(module, f"{JOBQUEUE[kind]}{what}")
 
 
@@ -357,8 +349,6 @@ def job_script(config, scheduler: str = "tcp://SCHEDULER-ADDRESS:8786") -> str:
 
 def start_cluster(config):
     """Submit [cluster]'s jobs through dask-jobqueue; returns the cluster (its scheduler runs here)."""
-    if not config.kind:
-        raise UserError("Dask slots need slots.dask_scheduler (a running scheduler) or a [cluster] table")
     cluster = _jobqueue(config.kind, "Cluster")(**jobqueue_options(config))
     cluster.scale(jobs=config.jobs)
     return cluster

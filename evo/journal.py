@@ -1,10 +1,9 @@
 """The run journal: one SQLite file (WAL mode), the single source of truth of a run.
 
-Every state change is committed before it is acted upon: a genome is written before it
-is queued, an evaluation is marked running before its slot starts, and its result, the
-Thresholdout answer and the fitness land in one transaction. A controller killed at any
-moment therefore loses no finished evaluation and never counts one twice; `evo resume`
-re-queues what was running.
+Every state change is committed before it is acted upon: a genome is written before it is queued,
+an evaluation is marked running before its slot starts, and its result, the Thresholdout answer and
+the fitness land in one transaction. A controller killed at any moment therefore loses no finished
+evaluation and never counts one twice; `evo resume` (or a lost slot) re-queues what was running.
 """
 from __future__ import annotations
 
@@ -224,16 +223,12 @@ class Journal:
                 self._event(kind, data)
         return seq
 
-    def requeue(self, eval_id: int) -> None:
-        """A running evaluation whose slot was lost (its worker died) goes back to the queue."""
+    def requeue_running(self, eval_id: int | None = None) -> list[int]:
+        """Running evaluations back to the queue: every one after a crash, or the one whose slot was lost."""
+        where, params = ("state = 'running'", ()) if eval_id is None else ("state = 'running' AND id = ?", (eval_id,))
         with self._tx():
-            self.db.execute("UPDATE evaluations SET state = 'queued' WHERE id = ? AND state = 'running'", (eval_id,))
-
-    def requeue_running(self) -> list[int]:
-        """After a crash: evaluations that were running go back to the queue."""
-        with self._tx():
-            ids = [r[0] for r in self.db.execute("SELECT id FROM evaluations WHERE state = 'running'")]
-            self.db.execute("UPDATE evaluations SET state = 'queued' WHERE state = 'running'")
+            ids = [r[0] for r in self.db.execute(f"SELECT id FROM evaluations WHERE {where}", params)]
+            self.db.execute(f"UPDATE evaluations SET state = 'queued' WHERE {where}", params)
         return ids
 
     # ------------------------------------------------------------ evaluations: named queries

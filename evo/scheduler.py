@@ -182,7 +182,7 @@ class Scheduler:
                                    "it counts as failed")
                 self.finish(evaluation, SlotResult(status="failed", reason="slot_lost", detail=str(lost)))
             else:
-                self.journal.requeue(evaluation.id)
+                self.journal.requeue_running(evaluation.id)
                 self.reporter.note(f"{lost}; evaluation {evaluation.id} is queued again")
             return Stop("no_slots", f"{lost}; `evo resume` continues") if lost.fatal else None
         self.busy_seconds += result.slot_seconds or 0.0

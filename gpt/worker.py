@@ -206,7 +206,8 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         dataset = ensure_dataset(remote.dataset, payload)
         if remote.sealed:
             _check_sealed(dataset, remote.job.sandbox)
-        scratch = Path(tempfile.mkdtemp(prefix="slot-", dir=_mkdir(worker_root() / "slots")))
+        (worker_root() / "slots").mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="slot-", dir=worker_root() / "slots"))
     except (RuntimeError, OSError) as exc:
         return RemoteOutcome(worker=identity(), data_error=str(exc))
     try:
@@ -217,7 +218,7 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         result = run_slot(job)
         result.worker = identity()
         out = scratch / "out"
-        (out / "result.json").write_text(_json(result.to_dict()))
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
         files = {name: (out / name).read_bytes() for name in RETURNED_FILES if (out / name).is_file()}
         return RemoteOutcome(result=result.to_dict(), files=files, worker=result.worker)
     finally:
@@ -243,11 +244,3 @@ def _check_sealed(folder: Path, sandbox: str) -> None:
         raise RuntimeError(f"worker {identity()} cannot seal the eval data: {verdict.why}")
     _SEALED.add((folder, sandbox))
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _json(d: dict) -> str:
-    return json.dumps(d, indent=1)

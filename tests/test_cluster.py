@@ -274,9 +274,10 @@ def test_run_on_hidden_workers_survives_a_worker_killed_mid_evaluation(tmp_path_
         assert len(done) == evals and len({d[0] for d in done}) == evals
         assert db.execute("SELECT COUNT(*) FROM evaluations WHERE state = 'running'").fetchone()[0] == 0
         lost = [json.loads(d) for (d,) in db.execute("SELECT data FROM events WHERE kind = 'slot_lost'")]
-        assert [e["eval_id"] for e in lost] == [victim] and "w1" in lost[0]["reason"]
+        # the victim was lost (and maybe a job sent to w1 before the scheduler saw it leave), never anything on w0
+        assert victim in [e["eval_id"] for e in lost] and all("w1/cpu" in e["reason"] for e in lost), lost
         again = next(d for d in done if d[0] == victim)
-        assert again[1] == "w0/cpu" and again[2] == 2  # ran again, on the surviving worker
+        assert again[1] == "w0/cpu" and again[2] >= 2  # ran again, on the surviving worker
         # every job provably ran on a worker process (not the controller), and came back by value
         controller_pid = str(run.pid)
         for eval_id, slot, attempt, result in done:
