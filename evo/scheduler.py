@@ -165,8 +165,10 @@ class Scheduler:
 
     def _start(self, evaluation: Evaluation, slot) -> None:
         attempt = self.journal.mark_running(evaluation.id, slot.name)
+        warm_dir = str(self.directory.path / "evals" / ".warm") if self.config.warm else ""
         job = self.directory.slot_job(self.directory.genome_path(evaluation.genome_id),
-                                    self.directory.eval_dir(evaluation.id, attempt), evaluation.seed)
+                                    self.directory.eval_dir(evaluation.id, attempt), evaluation.seed,
+                                    warm_dir=warm_dir)
         self.running[self.pool.submit(slot, job)] = evaluation
         self.reporter.started(slot.name, evaluation, self.journal.genome(evaluation.genome_id))
 

@@ -11,6 +11,7 @@ import os
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from gpt import warm
 from gpt.devices import visible_gpus
 from gpt.errors import UserError
 from gpt.runner import SlotJob, run_slot
@@ -70,6 +71,7 @@ class SlotPool:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        warm.discard_all()
 
 
 def open_pool(config, dataset: str, note=print, sealed: bool = True):

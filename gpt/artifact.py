@@ -388,9 +388,9 @@ def load(folder: str | os.PathLike, max_weight_bytes: int = 64 * 2**30):
     """Check and load an artifact; returns (program, module). Raises BadArtifact, and only that.
 
     Nothing in either file is executed: the weights go through the safetensors parser, the
-    program through `check_program` before torch's JSON deserializer builds the graph. The graph
-    is then functionalized, so a write to a buffer hidden behind a view or an alias shows up as a
-    mutation in the signature, and refused: the scorer only runs pure functions."""
+    program through `check_program` before torch's JSON deserializer builds the graph. A graph with
+    any op that writes a tensor is then functionalized, so a write to a buffer hidden behind a view or
+    an alias shows up as a mutation in the signature, and refused: the scorer only runs pure functions."""
     folder = Path(folder)
     try:
         return _load(folder, max_weight_bytes)
@@ -424,11 +424,20 @@ def _load(folder: Path, max_weight_bytes: int):
     serialized = _dict_to_dataclass(schema.ExportedProgram, doc)
     program = ExportedProgramDeserializer().deserialize(serialized, state_dict, constants, None)
     _check_weights_match_graph(program)
-    program = program.run_decompositions({})  # functionalize: hidden in-place writes become explicit
+    if _writes_tensors(program):  # functionalize (seconds on a CPU): hidden in-place writes become explicit
+        program = program.run_decompositions({})
     sig = program.graph_signature
     if sig.buffers_to_mutate or sig.user_inputs_to_mutate or getattr(sig, "parameters_to_mutate", None):
         raise BadArtifact(f"the program changes its buffers, parameters or inputs while it runs; {FIX}")
     return program, program.module()
+
+
+def _writes_tensors(program) -> bool:
+    """Whether any op of the graph may write a tensor: an in-place or out= op, as its schema says. A graph
+    without one is already functional (nothing it runs can write through a view or an alias), so only a
+    graph with one is functionalized to show where its writes land."""
+    return any(node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False)
+               for node in program.graph.nodes)
 
 
 def _check_weights_match_graph(program) -> None:

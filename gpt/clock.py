@@ -1,7 +1,8 @@
 """The runner's clock for a slot: when a genome connected and submitted, as the runner measured it.
 
 `gpt.lab` runs in the genome's process and is untrusted, so it only *says* `connect` and
-`submit`, one word each on a pipe the runner owns; the runner notes when each word arrives
+`submit`, one word each on a pipe the runner owns (the harness's starter says `ready` on it before
+any genome code exists); the runner notes when each word arrives
 (`ClockPipe`) and judges the slot from those times, its own spawn and exit times and the CPU
 seconds it measured from /proc (`clock_verdict`). Nothing the genome writes is read as a number.
 """
@@ -32,11 +33,13 @@ class ClockPipe:
     a thread of the runner notes when each word first *arrives*. The genome can delay a word
     or send it early, never make the runner read a time it did not measure."""
 
-    WORDS = ("connect", "submit")
+    WORDS = ("ready", "connect", "submit")  # `ready`: the starter's imports are done (gpt.starter), before any genome
 
     def __init__(self):
         self.read_fd, self.write_fd = os.pipe()
         self.times: dict[str, float] = {}
+        self.ready = threading.Event()  # set at `ready`, or when the pipe closes (the starter died)
+        self.on_submit = None  # called once, in a thread of its own, when `submit` first arrives
         self._thread = threading.Thread(target=self._read, daemon=True, name="evo-slot-clock")
 
     def start(self) -> None:
@@ -63,6 +66,12 @@ class ClockPipe:
                     word = line.strip().decode("ascii", errors="replace")
                     if word in self.WORDS:
                         self.times.setdefault(word, now)
+                    if word == "ready":
+                        self.ready.set()
+                    if word == "submit" and self.on_submit is not None:
+                        threading.Thread(target=self.on_submit, daemon=True, name="evo-on-submit").start()
+                        self.on_submit = None
+        self.ready.set()
 
 
 STARTUP_CPU_S = 6.0  # CPU seconds a slot may use before `connect`: an interpreter importing torch needs ~2

@@ -34,6 +34,7 @@ class SlotJob:
     memory_mb: int | None = None  # per-slot memory cap; None: sandboxing.default_memory_mb(); 0: no cap
     disk_mb: int = sandboxing.DEFAULT_DISK_MB  # cap on each file and on the work dir's total size; 0: no cap
     max_procs: int = sandboxing.DEFAULT_MAX_PROCS  # cap on the slot's live processes (polled); 0: no cap
+    warm_dir: str = ""  # where the next job's warm slot is staged (gpt.warm); '' for a one-off slot
     static_checks: bool = True  # False only for tests and red-team runs that must reach the sandbox
 
     def limits(self) -> sandboxing.Limits:

@@ -46,7 +46,7 @@ class SlotResult:
     train_seconds: float | None = _f(journal=True, summary=True)  # connect (or spawn + allowance) to submit
     slot_seconds: float | None = _f(journal=True, summary=True)  # the whole slot, checks to result.json
     eval_seconds: float | None = _f(journal=True, summary=True, scorer=True)  # request to answer of the scorer
-    startup_seconds: float | None = _f(summary=True)  # spawn to connect
+    startup_seconds: float | None = _f(summary=True)  # job start to connect (the wait for a cold interpreter included)
     export_seconds: float | None = _f(summary=True)  # submit to the genome's exit
     cpu_seconds: float | None = _f(summary=True)  # CPU time of every process of the slot (from /proc)
     steps: int | None = _f(summary=True)  # the genome's own `steps:` line: informational only
@@ -59,6 +59,8 @@ class SlotResult:
     budget_s: float | None = None  # the job's budget
     seed: int | None = None  # the harness seed of the slot
     device: str | None = None  # cpu | cuda[:N]
+    warm: bool = False  # the genome's interpreter and the scorer were started before the job came (gpt.warm)
+    pid: int | None = None  # of the slot's root process, which ran this genome and nothing else
     worker: str = ""  # the Dask worker that ran it (host and pid), '' for a local slot
     returncode: int | None = None  # the genome process's exit code; None if none was started
     limits: dict | None = None  # the slot's caps (memory_mb, disk_mb, max_procs, max_files)

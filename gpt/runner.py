@@ -5,8 +5,9 @@ One slot, step by step:
    the slot at once (reason `rejected`) without starting any process;
 1. a fresh evaluation directory; the genome is copied to `work/genome.py`;
 2. the scorer process starts at once, in its own sandbox (it imports torch while the genome trains;
-   `gpt.scorer`);
-3. `python genome.py` runs (`gpt.training`) in a sandbox (`gpt.sandbox`: bwrap, netns or none; `auto` picks
+   `gpt.scorer`); in a run, both it and the genome's interpreter were started while the previous
+   genome exported and was scored (a warm slot, `gpt.warm`), so their imports are off this slot's clock;
+3. `genome.py` runs (`gpt.training`, under `python -m gpt.starter`) in a sandbox (`gpt.sandbox`: bwrap, netns or none; `auto` picks
    the strongest that works here) with a minimal environment (no API keys: the parent's
    environment is not inherited), a slot spec naming only the train split, rlimits on
    memory and file size, and a watchdog on total memory, process count and work-dir size;
@@ -31,23 +32,30 @@ import secrets
 import signal
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
-from gpt import artifact, processes
+from gpt import artifact, processes, warm
 from gpt import sandbox as sandboxing
 from gpt.protocol import EXPORT_ERROR_NAME
 from gpt.result import SlotResult
 from gpt.scorer import Scorer
 from gpt.static_checks import check_source, format_findings
-from gpt.training import MEMORY_ERRORS, Training, prepare_work, tail, train
+from gpt.training import MEMORY_ERRORS, GenomeProcess, Training, tail
 from gpt.job import CONTENDED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
 from gpt.training import default_grace, kill_all_slots  # noqa: F401  (imported from here by evo)
 
 
 
+STARTER_FAILED = "[evo-starter] the harness could not import torch"  # written by gpt.starter
+
+
 def _crash_reason(returncode: int, stderr_tail: str) -> tuple[str, str]:
     """crash, refined to memory or disk_limit when the genome died of a limit."""
+    if STARTER_FAILED in stderr_tail:
+        return "memory", f"exit code {returncode}: the harness's own imports failed before the genome ran " \
+                         "(see stderr: most likely a memory cap too small for torch)"
     if MEMORY_ERRORS.search(stderr_tail):
         return "memory", f"exit code {returncode}: out of memory (the slot's memory cap or the device's)"
     if "File too large" in stderr_tail:
@@ -127,11 +135,21 @@ def run_slot(job: SlotJob) -> SlotResult:
 
 
 def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
-    """Start the scorer, run the genome, score what it submitted; the runner's own measurements added."""
+    """Start the scorer, run the genome, score what it submitted; the runner's own measurements added.
+    A warm slot (gpt.warm) started both processes already; the next one starts when this genome says submit
+    (its export leaves a core idle) or ends."""
     processes.reap_orphans()
-    scorer = Scorer(job, out, level, prepare_work(job, out))
+    ready = warm.take(job, level)
+    genome = ready.genome if ready else GenomeProcess(job, level, out)
     try:
-        ran = train(job, out, level)
+        scorer = ready.scorer if ready else Scorer(job, out, level, genome.work)
+    except BaseException:
+        genome.discard()
+        raise
+    prepare_next = _once(lambda: _prepare_next(job, level))
+    try:
+        ran = genome.run(job, out, on_submit=prepare_next)  # the export leaves a core idle for its imports
+        prepare_next()  # a genome that never said submit is over now
         result = _training_outcome(job, out, ran)
         if result is None:
             request = {"artifact": str(ran.work), "dataset": job.dataset, "seq_len": job.eval_seq_len,
@@ -143,10 +161,33 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
     finally:
         scorer.close()
         processes.reap_orphans()
+        if ready:
+            ready.move_into(out)
     if result.ok or (result.flagged and result.reason != "artifact_link"):
         _budget_probe(result, ran.clock)
     _add_measurements(result, job, ran, out)
+    result.warm = ready is not None
     return result
+
+
+def _once(fn):
+    """`fn`, callable from two threads, run at most once."""
+    lock, done = threading.Lock(), []
+
+    def call():
+        with lock:
+            if not done:
+                done.append(True)
+                fn()
+    return call
+
+
+def _prepare_next(job: SlotJob, level: str) -> None:
+    """The next job's warm slot; if it cannot start, that job starts cold (and meets the same error there)."""
+    try:
+        warm.prepare(job, level)
+    except Exception as exc:  # noqa: BLE001 -- never costs this slot its score
+        print(f"evo: no warm slot for the next job ({exc})", file=sys.stderr)
 
 
 def _add_measurements(result: SlotResult, job: SlotJob, ran: Training, out: Path) -> None:
@@ -154,7 +195,9 @@ def _add_measurements(result: SlotResult, job: SlotJob, ran: Training, out: Path
     clock = ran.clock
     result.budget_s, result.seed, result.device, result.returncode = job.budget_s, job.seed, job.device, ran.returncode
     result.train_seconds = clock["train_s"] if clock["train_s"] is not None else ran.wall_seconds
-    result.export_seconds, result.startup_seconds = clock["export_s"], clock["startup_s"]
+    # startup: the job's wait for the starter's imports (none when warm), then go to connect
+    result.export_seconds = clock["export_s"]
+    result.startup_seconds = None if clock["startup_s"] is None else clock["startup_s"] + ran.starter_wait_s
     result.cpu_seconds = ran.cpu_seconds
     result.cpu_share, result.contended = _contention(job, ran)
     result.stderr_tail = tail(out / "stderr.txt") if result.failed else ""
@@ -163,6 +206,7 @@ def _add_measurements(result: SlotResult, job: SlotJob, ran: Training, out: Path
         printed.get("train_loss")
     result.limits, result.leftover_processes = ran.limits, ran.leftover_processes
     result.escaped_processes, result.peak_memory_mb = ran.escaped_processes, ran.peak_memory_mb
+    result.pid = ran.pid
 
 
 def _contention(job: SlotJob, ran: Training) -> tuple[float | None, bool]:

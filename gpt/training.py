@@ -1,10 +1,12 @@
 """The genome's training process: spawned in its sandbox, clocked by the runner, killed at the hard limit.
 
-`train()` is step 3-5 of a slot (see gpt.runner): it writes the slot spec, starts
-`python genome.py` under the sandbox level with a scrubbed environment and the runner's clock
-pipe, watches it (gpt.processes), kills it at `budget + grace`, and ends every process the slot
-left behind. It returns what the runner measured (`Training`); nothing the genome wrote is read
-here except its stdout and stderr, into size-capped files.
+A `GenomeProcess` is step 3-5 of a slot (see gpt.runner): `python -m gpt.starter` under the sandbox
+level with a scrubbed environment and the runner's clock pipe, its imports done while it waits;
+`run()` hands it the genome and the slot spec, says `go` (the clock starts), watches it
+(gpt.processes), kills it at `budget + grace`, and ends every process the slot left behind. A cold
+slot spawns it and says go at once (`train()`); a warm one (gpt.warm) spawned it while the previous
+genome was scored. It returns what the runner measured (`Training`); nothing the genome wrote is
+read here except its stdout and stderr, into size-capped files.
 """
 from __future__ import annotations
 
@@ -32,14 +34,16 @@ if TYPE_CHECKING:
     from gpt.job import SlotJob
 
 STDERR_TAIL_CHARS = 3000
+STARTER_WAIT_S = 120.0  # the most a job waits for its starter's imports before it says go regardless
 STOP_WAIT_S = 3.0  # how long the sandbox gets to clean up after SIGTERM before everything is killed
 MEMORY_ERRORS = re.compile(r"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|"
                            r"out of memory|OutOfMemoryError")
 
 
 def default_grace(budget_s: float) -> float:
-    """Time past the budget before the hard kill. The kill clock starts at spawn, the budget at
-    connect: grace covers interpreter start and torch import (seconds on a busy CPU) and export."""
+    """Time past the budget before the hard kill. The kill clock starts at `go` (the harness's imports
+    are done by then), the budget at connect: grace covers the genome's own imports, a slow connect
+    and export."""
     return max(20.0, 0.2 * budget_s)
 
 
@@ -61,6 +65,8 @@ class Training:
     peak_procs: int
     cpu_seconds: float
     escaped_processes: int
+    pid: int  # of the slot's root process (a fresh one for every genome)
+    starter_wait_s: float  # how long the job waited for the starter's imports (about 0 when warm)
 
 
 _LIVE_SLOTS: dict = {}  # pid -> (Popen, SlotProcesses) of every genome process running now
@@ -120,96 +126,137 @@ def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
         return ""
 
 
-def prepare_work(job: SlotJob, out: Path) -> Path:
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(job.genome, work / "genome.py")
-    return work
-
-
-def _write_spec(job: SlotJob, out: Path, work: Path, level: str):
-    """The slot spec (train split only) and what the genome may see of the file system."""
+def _write_spec(job: SlotJob, spec_path: Path, work: Path, spawned_at: float) -> None:
+    """The slot spec: the train split only (written in place: the sandbox binds this very file)."""
     from gpt.data import Dataset
 
-    spec_path = out / "slot_spec.json"
     dataset = Dataset(Path(job.dataset).resolve())
     SlotSpec(budget_s=job.budget_s, device=job.device, seed=job.seed, vocab_size=dataset.tokenizer.vocab_size,
              train_path=str(dataset.train_path), out_dir=str(work), eval_seq_len=job.eval_seq_len,
-             threads=job.threads, spawned_at=time.time()).write(spec_path)
-    # the genome sees its work dir, the spec and the train split; the rest of the dataset folder is hidden,
-    # and so is every folder that holds documents of the corpus (gpt/corpus for the built-in one)
-    exposure = sandboxing.Exposure(work=work, read_files=(spec_path, dataset.train_path),
-                                   hide_dirs=(dataset.path,) + seal(dataset, level).hidden,
-                                   gpu=job.device.startswith("cuda"))
-    return spec_path, exposure
+             threads=job.threads, spawned_at=spawned_at).write(spec_path)
+
+
+def _exposure(job: SlotJob, work: Path, spec_path: Path, level: str) -> sandboxing.Exposure:
+    """What the genome may see of the file system: its work dir, the spec and the train split; the rest of
+    the dataset folder is hidden, and so is every folder that holds documents of the corpus (gpt/corpus
+    for the built-in one)."""
+    from gpt.data import Dataset
+
+    dataset = Dataset(Path(job.dataset).resolve())
+    return sandboxing.Exposure(work=work, read_files=(spec_path, dataset.train_path),
+                               hide_dirs=(dataset.path,) + seal(dataset, level).hidden,
+                               gpu=job.device.startswith("cuda"))
+
+
+class GenomeProcess:
+    """One genome's sandboxed interpreter (`python -m gpt.starter`), spawned with the slot's sandbox,
+    caps, environment and clock pipe, its imports done while it waits for `run()`. Used once.
+
+    `stage` is the folder that holds its `work/` dir and `slot_spec.json`: the slot's out dir for a
+    cold start, a staging folder of gpt.warm for a warm one. The slot's shape (sandbox level, dataset,
+    device, threads, environment, caps) is fixed at spawn; budget, seed and the genome come with `run()`."""
+
+    def __init__(self, job: SlotJob, level: str, stage: Path):
+        self.level, self.stage = level, stage
+        self.work, self.spec_path = stage / "work", stage / "slot_spec.json"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.spec_path.write_text("{}")  # a placeholder: the sandbox binds the file, run() fills it in place
+        self.limits = job.limits()
+        exposure = _exposure(job, self.work, self.spec_path, level)
+        processes.become_subreaper()  # orphans whose supervisor died are re-parented here, where the runner finds them
+        cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.starter"], exposure, self.limits)
+        self.token = uuid.uuid4().hex
+        self.clock = ClockPipe()
+        env = genome_env(self.spec_path, self.work, job.threads, job.env, self.token)
+        env[CLOCK_FD_ENV] = str(self.clock.write_fd)
+        self.proc = subprocess.Popen(cmd, cwd=self.work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env, start_new_session=True,
+                                     pass_fds=(self.clock.write_fd,))
+        processes.register_child(self.proc.pid)
+        self.clock.start()
+        self.procs = processes.SlotProcesses(self.token, root_pid=self.proc.pid)
+        with _LIVE_LOCK:
+            _LIVE_SLOTS[self.proc.pid] = (self.proc, self.procs)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, job: SlotJob, out: Path, on_submit=None) -> Training:
+        """Hand the genome over and say `go`: the clock starts now. Returns what the runner saw.
+        `on_submit` is called (in a thread) when the genome says `submit`: its training is over."""
+        self.clock.on_submit = on_submit
+        shutil.copyfile(job.genome, self.work / "genome.py")
+        asked = time.monotonic()
+        self.clock.ready.wait(STARTER_WAIT_S)  # a cold start waits for its imports here, a warm one not at all
+        waited = time.monotonic() - asked
+        self.procs.scan()
+        baseline = self.procs.cpu_seconds  # what the starter's imports cost, before the genome existed
+        start = time.monotonic()
+        _write_spec(job, self.spec_path, self.work, spawned_at=time.time())
+        grace = job.grace_s if job.grace_s is not None else default_grace(job.budget_s)
+        watchdog = processes.Watchdog(self.procs, self.limits, self.work,
+                                      on_breach=lambda: stop_slot(self.proc, self.procs))
+        watchdog.start()
+        pumps = [threading.Thread(target=_pump, args=(s, out / name, job.output_cap), daemon=True)
+                 for s, name in ((self.proc.stdout, "stdout.txt"), (self.proc.stderr, "stderr.txt"))]
+        for p in pumps:
+            p.start()
+        try:
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
+        except OSError:  # the starter died while it waited: the slot reads as a crash below
+            pass
+        timed_out = False
+        try:
+            self.proc.wait(timeout=job.budget_s + grace)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            exited = time.monotonic()
+            watchdog.stop()
+            self.discard()
+        wall = time.monotonic() - start
+        times = self.clock.join()
+        for p in pumps:
+            p.join(timeout=5)
+        return _measured(job, out, self, watchdog, times, (start, exited, wall, baseline, waited), timed_out, grace)
+
+    def discard(self) -> None:
+        """End every process of this genome (nothing of it is left running)."""
+        stop_slot(self.proc, self.procs)
+        with _LIVE_LOCK:
+            _LIVE_SLOTS.pop(self.proc.pid, None)
+        processes.unregister_child(self.proc.pid)
 
 
 def train(job: SlotJob, out: Path, level: str | None = None) -> Training:
-    """Run the genome's training process in its sandbox under the hard wall clock; return what the runner saw."""
+    """Run the genome's training process in its sandbox under the hard wall clock (a cold start: the
+    process is spawned in `out` and told to go at once); return what the runner saw."""
     level = level or sandboxing.resolve_level(job.sandbox)
-    processes.become_subreaper()  # orphans whose supervisor died are re-parented here, where the runner finds them
-    work = prepare_work(job, out)
-    spec_path, exposure = _write_spec(job, out, work, level)
-    grace = job.grace_s if job.grace_s is not None else default_grace(job.budget_s)
-    limits = job.limits()
-    token = uuid.uuid4().hex
-    cmd = sandboxing.wrap_command(level, [sys.executable, "genome.py"], exposure, limits)
-    clock = ClockPipe()
-    env = genome_env(spec_path, work, job.threads, job.env, token)
-    env[CLOCK_FD_ENV] = str(clock.write_fd)
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True, pass_fds=(clock.write_fd,))
-    processes.register_child(proc.pid)
-    clock.start()
-    procs = processes.SlotProcesses(token, root_pid=proc.pid)
-    with _LIVE_LOCK:
-        _LIVE_SLOTS[proc.pid] = (proc, procs)
-    watchdog = processes.Watchdog(procs, limits, work, on_breach=lambda: stop_slot(proc, procs))
-    watchdog.start()
-    pumps = [threading.Thread(target=_pump, args=(s, out / name, job.output_cap), daemon=True)
-             for s, name in ((proc.stdout, "stdout.txt"), (proc.stderr, "stderr.txt"))]
-    for p in pumps:
-        p.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=job.budget_s + grace)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        exited = time.monotonic()
-        watchdog.stop()
-        stop_slot(proc, procs)
-        with _LIVE_LOCK:
-            _LIVE_SLOTS.pop(proc.pid, None)
-        processes.unregister_child(proc.pid)
-    wall = time.monotonic() - start
-    times = clock.join()
-    for p in pumps:
-        p.join(timeout=5)
-    return _measured(job, out, level, limits, proc, procs, watchdog, times, (start, exited, wall), timed_out, grace)
+    return GenomeProcess(job, level, out).run(job, out)
 
 
-def _measured(job: SlotJob, out: Path, level: str, limits: sandboxing.Limits, proc, procs, watchdog, times: dict,
-              spans: tuple, timed_out: bool, grace: float) -> Training:
-    """The runner's account of a finished genome process: breaches, the clock verdict, usage."""
-    start, exited, wall = spans
-    work = out / "work"
+def _measured(job: SlotJob, out: Path, genome: GenomeProcess, watchdog, times: dict, spans: tuple, timed_out: bool,
+              grace: float) -> Training:
+    """The runner's account of a finished genome process: breaches, the clock verdict, usage (the CPU
+    the starter spent on its imports before `go` is not the genome's)."""
+    start, exited, wall, baseline, waited = spans
     breach = watchdog.breach
     if breach is None:
-        msg = processes.disk_verdict(work, limits)
+        msg = processes.disk_verdict(genome.work, genome.limits)
         if msg:
             breach = ("disk_limit", msg)
     allowance = job.export_allowance_s if job.export_allowance_s is not None else default_export_allowance(job.budget_s)
     cpu_before = watchdog.cpu_before(times["connect"]) if "connect" in times else None
+    cpu_before = None if cpu_before is None else max(0.0, cpu_before - baseline)
     # what the genome left running after its main process ended by itself (the supervisor reports it)
     leftovers = _leftovers(out / "stderr.txt") if not timed_out and watchdog.breach is None else None
-    return Training(work=work, sandbox=level, returncode=proc.returncode,
+    return Training(work=genome.work, sandbox=genome.level, returncode=genome.proc.returncode,
                     timed_out=timed_out and watchdog.breach is None, wall_seconds=wall, grace_s=grace, breach=breach,
                     clock=clock_verdict(times, start, exited, job.budget_s, allowance, cpu_before),
-                    limits=limits.describe(), leftover_processes=leftovers, peak_memory_mb=watchdog.peak_mb,
-                    peak_procs=watchdog.peak_procs, cpu_seconds=watchdog.cpu_seconds,
-                    escaped_processes=procs.escaped)
+                    limits=genome.limits.describe(), leftover_processes=leftovers, peak_memory_mb=watchdog.peak_mb,
+                    peak_procs=watchdog.peak_procs, cpu_seconds=max(0.0, watchdog.cpu_seconds - baseline),
+                    escaped_processes=genome.procs.escaped, pid=genome.proc.pid, starter_wait_s=waited)
 
 
 def stop_slot(proc: subprocess.Popen, procs: processes.SlotProcesses) -> None:

@@ -100,9 +100,10 @@ def test_x_batch_lottery_is_flagged_at_every_probe_seed_where_it_gains(small_dat
 
 # ---------------------------------------------------------------- compute outside the clock
 @needs_bwrap
-@pytest.mark.xfail(strict=True, reason="FINDING: the scorer's compute is unclocked: a graph that runs 60 more SGD "
+@pytest.mark.xfail(strict=False, reason="FINDING: the scorer's compute is unclocked: a graph that runs 60 more SGD "
                    "steps on stored train batches inside forward() scores better than its honest twin (the same "
-                   "30 steps in budget), every probe passing")
+                   "30 steps in budget), every probe passing. Where its export (tracing the 60 steps) takes longer "
+                   "than the 5 s export allowance the budget probe flags it, so on a slow machine it xpasses")
 def test_x_training_inside_the_exported_graph_gains_nothing(small_dataset, tmp_path, honest):
     result, _ = slot(RED / "x_eval_time_training.py", small_dataset, tmp_path / "slot", static_checks=False)
     print(f"in-graph training: val {result.val_bpb} vs honest {honest.val_bpb}; {result.status} "

@@ -1,0 +1,120 @@
+"""Warm slots: the next genome's interpreter and scorer, started while this slot exports and is scored.
+
+A slot's fixed cost is mostly two Python processes importing torch (the genome's and the scorer's).
+When a job asks for it (`SlotJob.warm_dir`), the runner starts both for the *next* job of the same
+shape as soon as this genome says `submit` (from then on it only exports, which leaves a core idle)
+or ends. Their imports then overlap this job's export and scoring instead of the next genome's clock
+or its training. A warm slot is a fresh `GenomeProcess` (gpt.training) and a fresh `Scorer`
+(gpt.scorer), each used once, in sandboxes of their own and a staging folder of their own that
+becomes the next slot's out dir contents; no genome code runs in them before the next job's `go`.
+Under bwrap the exporting genome cannot see them (its own PID and mount namespaces); at the weaker
+levels a genome can reach whatever the user can anyway. A shape is everything fixed when a sandbox
+starts: the level, the dataset, the device, threads, environment and caps. A warm slot nobody takes
+within `IDLE_S` is ended, and so is every one left when the process exits.
+"""
+from __future__ import annotations
+
+import atexit
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gpt.scorer import Scorer
+from gpt.training import GenomeProcess
+
+if TYPE_CHECKING:
+    from gpt.job import SlotJob
+
+IDLE_S = 600.0  # a warm slot waits this long for its job (its processes hold memory meanwhile)
+MOVED = ("work", "scorer", "slot_spec.json")  # what a warm slot's stage holds, moved into the out dir
+
+
+@dataclass
+class WarmSlot:
+    stage: Path
+    genome: GenomeProcess
+    scorer: Scorer
+
+    def discard(self) -> None:
+        self.scorer.close()
+        self.genome.discard()
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def move_into(self, out: Path) -> None:
+        """The stage's files become the slot's own (work dir, scorer scratch, spec), as a cold slot has them."""
+        for name in MOVED:
+            if (self.stage / name).exists():
+                shutil.move(str(self.stage / name), str(out / name))
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+_READY: dict[tuple, tuple[WarmSlot, threading.Timer]] = {}
+_LOCK = threading.Lock()
+
+
+def shape(job: SlotJob, level: str) -> tuple:
+    """What a sandbox fixes when it starts: two jobs of one shape can use each other's warm slot."""
+    return (level, str(Path(job.dataset).resolve()), job.device, job.threads, tuple(sorted(job.env.items())),
+            job.limits(), job.warm_dir)
+
+
+def take(job: SlotJob, level: str) -> WarmSlot | None:
+    """The warm slot started for a job of this shape, if one is ready and both of its processes live."""
+    with _LOCK:
+        entry = _READY.pop(shape(job, level), None)
+    if entry is None:
+        return None
+    warm, timer = entry
+    timer.cancel()
+    if warm.genome.alive() and warm.scorer.proc.poll() is None:
+        return warm
+    warm.discard()
+    return None
+
+
+def prepare(job: SlotJob, level: str) -> None:
+    """Start the next job's genome interpreter and scorer now (call once this job's genome is dead)."""
+    if not job.warm_dir:
+        return
+    stage = Path(job.warm_dir) / uuid.uuid4().hex[:12]
+    genome = GenomeProcess(job, level, stage)
+    try:
+        warm = WarmSlot(stage, genome, Scorer(job, stage, level, genome.work))
+    except BaseException:
+        genome.discard()
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    key = shape(job, level)
+    timer = threading.Timer(IDLE_S, _expire, args=(key, warm))
+    timer.daemon = True
+    with _LOCK:
+        old = _READY.pop(key, None)
+        _READY[key] = (warm, timer)
+    timer.start()
+    if old:
+        old[1].cancel()
+        old[0].discard()
+
+
+def _expire(key: tuple, warm: WarmSlot) -> None:
+    with _LOCK:
+        if _READY.get(key, (None,))[0] is not warm:
+            return
+        del _READY[key]
+    warm.discard()
+
+
+def discard_all() -> None:
+    """End every warm slot of this process (the run is over, or Ctrl-C)."""
+    with _LOCK:
+        entries = list(_READY.values())
+        _READY.clear()
+    for warm, timer in entries:
+        timer.cancel()
+        warm.discard()
+
+
+atexit.register(discard_all)

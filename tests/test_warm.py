@@ -1,0 +1,82 @@
+"""Warm slots (gpt.warm): the next genome's interpreter and scorer start while a slot is scored.
+
+Real runner, real sandboxed processes: the second slot of a shape starts warm (its torch import was
+done before its clock started) in a process of its own with an empty work dir; a slot of another
+shape starts cold; a warm slot whose process died is not used; nothing is left running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from gpt import warm
+from test_runner import slot
+
+
+def _found(out) -> list:
+    line = next(l for l in (out / "stdout.txt").read_text().splitlines() if l.startswith("found:"))
+    return json.loads(line.split(":", 1)[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _staged(warm_dir) -> list:
+    return sorted(p.name for p in warm_dir.iterdir()) if warm_dir.exists() else []
+
+
+def test_the_second_slot_starts_warm_in_a_fresh_process_and_an_empty_work_dir(small_dataset, tmp_path):
+    warm_dir = tmp_path / "warm"
+    first = slot("work_dir_listing.py", small_dataset, tmp_path / "a", warm_dir=str(warm_dir), budget_s=2.0)
+    assert len(_staged(warm_dir)) == 1  # the next slot's interpreter and scorer, started while `first` was scored
+    second = slot("work_dir_listing.py", small_dataset, tmp_path / "b", warm_dir=str(warm_dir), budget_s=2.0)
+    try:
+        assert (first.status, second.status) == ("ok", "ok"), (first.detail, second.detail)
+        assert (first.warm, second.warm) == (False, True)
+        assert second.pid != first.pid and not _alive(first.pid) and not _alive(second.pid)
+        # torch was imported before the second one's clock started
+        assert second.startup_seconds < first.startup_seconds - 0.3, (first.startup_seconds, second.startup_seconds)
+        # nothing of the genome before: the same work dir a cold start has (torch's imports may make a cache dir)
+        assert _found(tmp_path / "a") == _found(tmp_path / "b")
+        assert "genome.py" in _found(tmp_path / "b") and "left_behind.txt" not in _found(tmp_path / "b")
+        # the warm slot's files became the slot's own: the same layout a cold slot has
+        assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))
+        assert (tmp_path / "b" / "work" / "left_behind.txt").is_file()
+        staged = warm._READY[next(iter(warm._READY))][0]
+        pids = (staged.genome.proc.pid, staged.scorer.proc.pid)
+    finally:
+        warm.discard_all()
+    assert _staged(warm_dir) == [] and not any(_alive(p) for p in pids)
+
+
+def test_a_slot_of_another_shape_or_a_dead_warm_process_starts_cold(small_dataset, tmp_path):
+    warm_dir = tmp_path / "warm"
+    try:
+        slot("work_dir_listing.py", small_dataset, tmp_path / "a", warm_dir=str(warm_dir), budget_s=2.0)
+        other = slot("work_dir_listing.py", small_dataset, tmp_path / "b", warm_dir=str(warm_dir), budget_s=2.0,
+                     threads=2)  # another shape: the warm slot for one thread is not used
+        assert other.ok and other.warm is False
+        ready = warm._READY[next(k for k in warm._READY if k[3] == 2)][0]
+        os.kill(ready.genome.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while ready.genome.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        third = slot("work_dir_listing.py", small_dataset, tmp_path / "c", warm_dir=str(warm_dir), budget_s=2.0,
+                     threads=2)
+        assert third.ok and third.warm is False  # its warm slot had died: a cold start, not a crash
+        assert not ready.scorer.proc.poll() is None  # the dead one's scorer was ended with it
+    finally:
+        warm.discard_all()
+    assert _staged(warm_dir) == []
+
+
+def test_without_a_warm_dir_nothing_is_started_ahead(small_dataset, tmp_path):
+    result = slot("work_dir_listing.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    assert result.ok and result.warm is False and warm._READY == {}
