@@ -7,6 +7,7 @@ re-run), and the reporter shows what happened. The breeder reads the state to ma
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
@@ -165,12 +166,24 @@ class Scheduler:
 
     def _start(self, evaluation: Evaluation, slot) -> None:
         attempt = self.journal.mark_running(evaluation.id, slot.name)
-        warm_dir = str(self.directory.path / "evals" / ".warm") if self.config.warm else ""
+        warm_dir = str(self.directory.path / "evals" / ".warm" / slot.name) if self._warms(slot) else ""
         job = self.directory.slot_job(self.directory.genome_path(evaluation.genome_id),
                                     self.directory.eval_dir(evaluation.id, attempt), evaluation.seed,
                                     warm_dir=warm_dir)
         self.running[self.pool.submit(slot, job)] = evaluation
         self.reporter.started(slot.name, evaluation, self.journal.genome(evaluation.genome_id))
+
+    def _warms(self, slot) -> bool:
+        """Whether this slot's next genome is started while this one is scored (slots.warm; gpt/warm.py):
+        only where another evaluation may follow, and under auto only where a core would be idle."""
+        evals, mode = self.config.evals, self.config.warm
+        if mode == "off" or (evals and evals - self.journal.count_done() - len(self.running) - 1 <= 0):
+            return False
+        if mode == "on" or slot.device != "cpu":
+            return True
+        if slot.worker:  # a Dask worker's cores are its own: auto leaves its CPU slots cold
+            return False
+        return sum(s.threads for s in self.pool.slots if s.device == "cpu") < (os.cpu_count() or 1)
 
     def _collect(self, future) -> Stop | None:
         evaluation = self.running.pop(future)

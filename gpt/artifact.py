@@ -432,12 +432,20 @@ def _load(folder: Path, max_weight_bytes: int):
     return program, program.module()
 
 
+# ops that update their running statistics in place in training mode although their schema says no write
+SILENT_WRITERS = re.compile(r"batch_norm|instance_norm")
+
+
 def _writes_tensors(program) -> bool:
-    """Whether any op of the graph may write a tensor: an in-place or out= op, as its schema says. A graph
-    without one is already functional (nothing it runs can write through a view or an alias), so only a
-    graph with one is functionalized to show where its writes land."""
-    return any(node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False)
-               for node in program.graph.nodes)
+    """Whether any op of the graph may write a tensor: an in-place or out= op, as its schema says, or a
+    normalization that updates its running statistics without saying so. A graph without one is already
+    functional (nothing it runs can write through a view or an alias), so only a graph with one is
+    functionalized to show where its writes land."""
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is not None and (schema.is_mutable or SILENT_WRITERS.search(schema.name)):
+            return True
+    return False
 
 
 def _check_weights_match_graph(program) -> None:

@@ -39,7 +39,6 @@ class ClockPipe:
         self.read_fd, self.write_fd = os.pipe()
         self.times: dict[str, float] = {}
         self.ready = threading.Event()  # set at `ready`, or when the pipe closes (the starter died)
-        self.on_submit = None  # called once, in a thread of its own, when `submit` first arrives
         self._thread = threading.Thread(target=self._read, daemon=True, name="evo-slot-clock")
 
     def start(self) -> None:
@@ -68,13 +67,12 @@ class ClockPipe:
                         self.times.setdefault(word, now)
                     if word == "ready":
                         self.ready.set()
-                    if word == "submit" and self.on_submit is not None:
-                        threading.Thread(target=self.on_submit, daemon=True, name="evo-on-submit").start()
-                        self.on_submit = None
         self.ready.set()
 
 
-STARTUP_CPU_S = 6.0  # CPU seconds a slot may use before `connect`: an interpreter importing torch needs ~2
+# CPU seconds a genome may use between `go` and `connect` (the starter's imports are not counted: they are
+# done before `go`); a genome's own extra imports need well under one
+STARTUP_CPU_S = 3.0
 
 
 def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, export_allowance_s: float,
@@ -97,8 +95,8 @@ def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, e
     if connect is None:
         why = "the genome never said connect on the harness clock (its clock pipe was closed or silenced)"
     elif cpu_before_connect is not None and cpu_before_connect > STARTUP_CPU_S:
-        why = (f"the slot used {cpu_before_connect:.1f} CPU seconds before lab.connect() (imports need about 2; "
-               f"the limit is {STARTUP_CPU_S:g}): work before the clock starts")
+        why = (f"the genome used {cpu_before_connect:.1f} CPU seconds before lab.connect() (torch was imported "
+               f"already; the limit is {STARTUP_CPU_S:g}): work before the clock starts")
     elif submit is None:
         why = "the artifact did not come through run.submit() (no submit on the harness clock)"
     elif overrun > tolerance:

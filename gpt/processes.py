@@ -43,6 +43,9 @@ _OWN_NS = _pid_ns("self")
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _RUNNER_CHILDREN: set[int] = set()  # processes this runner started itself (genome launchers, scorers)
 _subreaper_lock = threading.Lock()
+# held while the runner spawns a process and registers it, and while a scan tells orphans from the runner's
+# own children: a process forked a moment ago is never taken for another slot's escaped orphan
+SPAWN_LOCK = threading.Lock()
 _is_subreaper = False
 
 
@@ -133,6 +136,10 @@ class SlotProcesses:
 
     def scan(self) -> dict[int, str]:
         """pid -> comm of every live process of the slot."""
+        with SPAWN_LOCK:
+            return self._scan()
+
+    def _scan(self) -> dict[int, str]:
         marker = f"{TOKEN_ENV}={self.token}".encode()
         me = os.getpid()
         table = {}

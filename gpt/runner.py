@@ -6,9 +6,9 @@ One slot, step by step:
 1. a fresh evaluation directory; the genome is copied to `work/genome.py`;
 2. the scorer process starts at once, in its own sandbox (it imports torch while the genome trains;
    `gpt.scorer`); in a run, both it and the genome's interpreter were started while the previous
-   genome exported and was scored (a warm slot, `gpt.warm`), so their imports are off this slot's clock;
-3. `genome.py` runs (`gpt.training`, under `python -m gpt.starter`) in a sandbox (`gpt.sandbox`: bwrap, netns or none; `auto` picks
-   the strongest that works here) with a minimal environment (no API keys: the parent's
+   genome was scored (a warm slot, `gpt.warm`), so their imports are off this slot's clock;
+3. `genome.py` runs (`gpt.training`, under `python -m gpt.starter`) in a sandbox (`gpt.sandbox`: bwrap,
+   netns or none; `auto` picks the strongest that works here) with a minimal environment (no API keys: the parent's
    environment is not inherited), a slot spec naming only the train split, rlimits on
    memory and file size, and a watchdog on total memory, process count and work-dir size;
    stdout and stderr go to size-capped files;
@@ -28,15 +28,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import stat
 import sys
-import threading
 import time
 from pathlib import Path
 
-from gpt import artifact, processes, warm
+from gpt import artifact, processes, starter, warm
 from gpt import sandbox as sandboxing
 from gpt.protocol import EXPORT_ERROR_NAME
 from gpt.result import SlotResult
@@ -48,12 +48,9 @@ from gpt.training import default_grace, kill_all_slots  # noqa: F401  (imported 
 
 
 
-STARTER_FAILED = "[evo-starter] the harness could not import torch"  # written by gpt.starter
-
-
 def _crash_reason(returncode: int, stderr_tail: str) -> tuple[str, str]:
     """crash, refined to memory or disk_limit when the genome died of a limit."""
-    if STARTER_FAILED in stderr_tail:
+    if starter.FAILED in stderr_tail:
         return "memory", f"exit code {returncode}: the harness's own imports failed before the genome ran " \
                          "(see stderr: most likely a memory cap too small for torch)"
     if MEMORY_ERRORS.search(stderr_tail):
@@ -136,20 +133,18 @@ def run_slot(job: SlotJob) -> SlotResult:
 
 def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
     """Start the scorer, run the genome, score what it submitted; the runner's own measurements added.
-    A warm slot (gpt.warm) started both processes already; the next one starts when this genome says submit
-    (its export leaves a core idle) or ends."""
+    A warm slot (gpt.warm) started both processes already; the next one starts once this genome is dead."""
     processes.reap_orphans()
     ready = warm.take(job, level)
-    genome = ready.genome if ready else GenomeProcess(job, level, out)
+    genome = ready.genome if ready else GenomeProcess(job, level, out, bare=not _imports_torch(job))
     try:
         scorer = ready.scorer if ready else Scorer(job, out, level, genome.work)
     except BaseException:
         genome.discard()
         raise
-    prepare_next = _once(lambda: _prepare_next(job, level))
     try:
-        ran = genome.run(job, out, on_submit=prepare_next)  # the export leaves a core idle for its imports
-        prepare_next()  # a genome that never said submit is over now
+        ran = genome.run(job, out)
+        _prepare_next(job, level)  # the genome is dead: the next one's imports overlap this one's scoring
         result = _training_outcome(job, out, ran)
         if result is None:
             request = {"artifact": str(ran.work), "dataset": job.dataset, "seq_len": job.eval_seq_len,
@@ -170,16 +165,9 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
     return result
 
 
-def _once(fn):
-    """`fn`, callable from two threads, run at most once."""
-    lock, done = threading.Lock(), []
-
-    def call():
-        with lock:
-            if not done:
-                done.append(True)
-                fn()
-    return call
+def _imports_torch(job: SlotJob) -> bool:
+    """Whether a script may import torch or gpt: if not (a bare test script), its cold start skips them."""
+    return bool(re.search(r"\b(torch|gpt)\b", Path(job.genome).read_text(errors="replace")))
 
 
 def _prepare_next(job: SlotJob, level: str) -> None:

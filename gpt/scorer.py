@@ -34,8 +34,8 @@ class Scorer:
     back on a stdout pipe the runner owns. It sees the dataset and the genome's work dir read-only,
     writes only a private scratch dir, and has no network."""
 
-    def __init__(self, job: SlotJob, out: Path, level: str, work: Path):
-        scratch = out / "scorer"
+    def __init__(self, job: SlotJob, stage: Path, level: str, work: Path):
+        scratch = stage / "scorer"  # the slot's out dir, or a warm slot's staging folder (gpt.warm)
         scratch.mkdir(exist_ok=True)
         env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "HOME": str(scratch),
                "TMPDIR": str(scratch), "PYTHONDONTWRITEBYTECODE": "1",
@@ -47,9 +47,10 @@ class Scorer:
                                        gpu=job.device.startswith("cuda"))
         cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.score"], exposure, job.limits(),
                                       supervise=False)
-        self.proc = subprocess.Popen(cmd, cwd=scratch, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
-        processes.register_child(self.proc.pid)
+        with processes.SPAWN_LOCK:
+            self.proc = subprocess.Popen(cmd, cwd=scratch, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
+            processes.register_child(self.proc.pid)
         self.procs = processes.SlotProcesses(uuid.uuid4().hex, root_pid=self.proc.pid)
         self.used = False
 

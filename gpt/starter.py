@@ -4,9 +4,11 @@ wait for the runner's word and run `genome.py` as `__main__`.
 `python -m gpt.starter` is what the runner spawns in the slot's sandbox (gpt.training). A cold slot
 says `go` at once; a warm slot (gpt.warm) is spawned while the previous genome is scored, so torch is
 already imported when its genome arrives. Either way each genome gets a fresh process and sandbox,
-and the harness clock starts at `go`, not at spawn. The runner writes the genome and the slot spec
-before it says `go`; nothing of the genome runs before that. Anything else on stdin (end of input: the
-runner discarded this process, or died) ends it without running anything.
+and the harness clock starts at `go`, not at spawn. The starter says `ready` on the clock pipe when
+its imports are done; the runner writes the genome and the slot spec and then says `go`; nothing of
+the genome runs before that. Anything else on stdin (end of input: the runner discarded this process,
+or died) ends it without running anything. `--bare` skips the imports: the runner asks for it for a
+cold script that imports neither torch nor gpt (nothing to gain from them).
 """
 from __future__ import annotations
 
@@ -14,28 +16,34 @@ import os
 import runpy
 import sys
 
-_ENV = dict(os.environ)  # the runner's environment for the genome, before torch's imports add to it
-
-try:
-    import numpy  # noqa: F401  (what every genome imports; the point of starting early)
-    import torch  # noqa: F401
-
-    from gpt import lab  # (gpt.artifact and safetensors with it)
-    from gpt.protocol import CLOCK_FD_ENV
-
-    lab._import_export_modules()  # what connect() would import on the genome's clock otherwise
-except BaseException as exc:  # noqa: BLE001 -- under a small RLIMIT_DATA torch fails in odd ways
-    sys.stderr.write(f"[evo-starter] the harness could not import torch in this slot "
-                     f"({type(exc).__name__}: {exc}); torch and its export stack need about 400 MiB, so a memory "
-                     "cap (memory_mb) below that cannot run any genome\n")
-    raise SystemExit(1) from None
+from gpt.protocol import CLOCK_FD_ENV
 
 GO = "go"
+FAILED = "[evo-starter] the harness could not import torch"  # the runner reads it as a memory failure
+
+
+def _preload() -> None:
+    """torch, numpy and gpt.lab with torch.export's machinery: what connect() would import on the
+    genome's clock otherwise. Under a small RLIMIT_DATA torch fails in odd ways: say so plainly."""
+    saved = dict(os.environ)
+    try:
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+
+        from gpt import lab
+
+        lab._import_export_modules()
+    except BaseException as exc:  # noqa: BLE001
+        sys.stderr.write(f"{FAILED} in this slot ({type(exc).__name__}: {exc}); torch and its export stack "
+                         "need about 400 MiB, so a memory cap (memory_mb) below that cannot run any genome\n")
+        raise SystemExit(1) from None
+    os.environ.clear()  # the genome gets exactly the environment the runner built (torch set a cache dir)
+    os.environ.update(saved)
 
 
 def main() -> int:
-    os.environ.clear()  # the genome gets exactly the environment the runner built (torch set a cache dir)
-    os.environ.update(_ENV)
+    if "--bare" not in sys.argv[1:]:
+        _preload()
     os.write(int(os.environ[CLOCK_FD_ENV]), b"ready\n")  # the runner starts the slot's clocks at `go`, not before
     if sys.stdin.readline().strip() != GO:
         return 0

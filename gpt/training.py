@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 STDERR_TAIL_CHARS = 3000
 STARTER_WAIT_S = 120.0  # the most a job waits for its starter's imports before it says go regardless
 STOP_WAIT_S = 3.0  # how long the sandbox gets to clean up after SIGTERM before everything is killed
-MEMORY_ERRORS = re.compile(r"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|"
+MEMORY_ERRORS = re.compile(r"MemoryError|[Cc]annot allocate memory|can.t allocate memory|std::bad_alloc|"
                            r"out of memory|OutOfMemoryError")
 
 
@@ -156,23 +156,26 @@ class GenomeProcess:
     cold start, a staging folder of gpt.warm for a warm one. The slot's shape (sandbox level, dataset,
     device, threads, environment, caps) is fixed at spawn; budget, seed and the genome come with `run()`."""
 
-    def __init__(self, job: SlotJob, level: str, stage: Path):
+    def __init__(self, job: SlotJob, level: str, stage: Path, bare: bool = False):
         self.level, self.stage = level, stage
         self.work, self.spec_path = stage / "work", stage / "slot_spec.json"
-        self.work.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.work, ignore_errors=True)  # a fresh work dir: nothing of an earlier genome in the out dir
+        self.work.mkdir(parents=True)
         self.spec_path.write_text("{}")  # a placeholder: the sandbox binds the file, run() fills it in place
         self.limits = job.limits()
         exposure = _exposure(job, self.work, self.spec_path, level)
         processes.become_subreaper()  # orphans whose supervisor died are re-parented here, where the runner finds them
-        cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.starter"], exposure, self.limits)
+        cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.starter"] + ["--bare"] * bare, exposure,
+                                      self.limits)
         self.token = uuid.uuid4().hex
         self.clock = ClockPipe()
         env = genome_env(self.spec_path, self.work, job.threads, job.env, self.token)
         env[CLOCK_FD_ENV] = str(self.clock.write_fd)
-        self.proc = subprocess.Popen(cmd, cwd=self.work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, start_new_session=True,
-                                     pass_fds=(self.clock.write_fd,))
-        processes.register_child(self.proc.pid)
+        with processes.SPAWN_LOCK:  # spawned from the runner's long-lived slot thread (PR_SET_PDEATHSIG is per thread)
+            self.proc = subprocess.Popen(cmd, cwd=self.work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, start_new_session=True,
+                                         pass_fds=(self.clock.write_fd,))
+            processes.register_child(self.proc.pid)
         self.clock.start()
         self.procs = processes.SlotProcesses(self.token, root_pid=self.proc.pid)
         with _LIVE_LOCK:
@@ -181,10 +184,15 @@ class GenomeProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, job: SlotJob, out: Path, on_submit=None) -> Training:
-        """Hand the genome over and say `go`: the clock starts now. Returns what the runner saw.
-        `on_submit` is called (in a thread) when the genome says `submit`: its training is over."""
-        self.clock.on_submit = on_submit
+    def run(self, job: SlotJob, out: Path) -> Training:
+        """Hand the genome over and say `go`: the clock starts now. Returns what the runner saw."""
+        try:
+            return self._run(job, out)
+        except BaseException:
+            self.discard()  # nothing is left waiting (or running) when the hand-over itself failed
+            raise
+
+    def _run(self, job: SlotJob, out: Path) -> Training:
         shutil.copyfile(job.genome, self.work / "genome.py")
         asked = time.monotonic()
         self.clock.ready.wait(STARTER_WAIT_S)  # a cold start waits for its imports here, a warm one not at all

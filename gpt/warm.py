@@ -1,16 +1,16 @@
-"""Warm slots: the next genome's interpreter and scorer, started while this slot exports and is scored.
+"""Warm slots: the next genome's interpreter and scorer, started while this slot is scored.
 
 A slot's fixed cost is mostly two Python processes importing torch (the genome's and the scorer's).
 When a job asks for it (`SlotJob.warm_dir`), the runner starts both for the *next* job of the same
-shape as soon as this genome says `submit` (from then on it only exports, which leaves a core idle)
-or ends. Their imports then overlap this job's export and scoring instead of the next genome's clock
-or its training. A warm slot is a fresh `GenomeProcess` (gpt.training) and a fresh `Scorer`
-(gpt.scorer), each used once, in sandboxes of their own and a staging folder of their own that
-becomes the next slot's out dir contents; no genome code runs in them before the next job's `go`.
-Under bwrap the exporting genome cannot see them (its own PID and mount namespaces); at the weaker
-levels a genome can reach whatever the user can anyway. A shape is everything fixed when a sandbox
-starts: the level, the dataset, the device, threads, environment and caps. A warm slot nobody takes
-within `IDLE_S` is ended, and so is every one left when the process exits.
+shape as soon as this job's genome is dead, from the slot's own long-lived thread, so their imports
+overlap this job's scoring instead of the next genome's clock or its training, and nothing of one
+genome is alive while the next one's processes exist. A warm slot is a fresh `GenomeProcess`
+(gpt.training) and a fresh `Scorer` (gpt.scorer), each used once, in a staging folder of their own
+that becomes the next slot's out dir contents; no genome code runs in them before the next job's
+`go`. A shape is everything fixed when a sandbox starts: the level, the dataset (its train file's
+identity too), the device, threads, environment, caps and the warm dir, which a run gives each slot
+its own of. A warm slot nobody takes within `IDLE_S` is ended, and so is every one left when the
+process exits.
 """
 from __future__ import annotations
 
@@ -47,7 +47,10 @@ class WarmSlot:
         """The stage's files become the slot's own (work dir, scorer scratch, spec), as a cold slot has them."""
         for name in MOVED:
             if (self.stage / name).exists():
-                shutil.move(str(self.stage / name), str(out / name))
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)  # never nested inside a stale one
+                shutil.move(str(self.stage / name), str(target))
         shutil.rmtree(self.stage, ignore_errors=True)
 
 
@@ -57,8 +60,11 @@ _LOCK = threading.Lock()
 
 def shape(job: SlotJob, level: str) -> tuple:
     """What a sandbox fixes when it starts: two jobs of one shape can use each other's warm slot."""
-    return (level, str(Path(job.dataset).resolve()), job.device, job.threads, tuple(sorted(job.env.items())),
-            job.limits(), job.warm_dir)
+    from gpt.dataset import Dataset
+
+    train = Dataset(Path(job.dataset).resolve()).train_path.stat()  # a re-split dataset is another dataset
+    return (level, str(Path(job.dataset).resolve()), train.st_ino, train.st_mtime_ns, job.device, job.threads,
+            tuple(sorted(job.env.items())), job.limits(), job.warm_dir)
 
 
 def take(job: SlotJob, level: str) -> WarmSlot | None:

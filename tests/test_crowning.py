@@ -136,3 +136,4 @@ def test_the_prior_shrinks_a_lucky_first_evaluation_toward_what_the_runs_childre
     # one, which counts the first evaluation's luck against what this run's children score
     assert plain == pytest.approx(fit.p_better(2.80, 3.0, 0.1, 1, 3, 2)) and plain > 0.8
     assert state.records[lucky.genome_id].candidate and shrunk < plain - 0.1
+

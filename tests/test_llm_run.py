@@ -1,6 +1,7 @@
 """End to end: `evo run` with an LLM model served by a real OpenAI-compatible server on 127.0.0.1."""
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -87,9 +88,13 @@ def test_evo_run_with_llm_model_evaluates_llm_children_and_keeps_secrets(tmp_pat
     # no held-out or test value, and no Thresholdout answer, ever reached a prompt
     heldouts = [h for (h,) in db.execute("SELECT heldout_bpb FROM evaluations WHERE heldout_bpb IS NOT NULL")]
     assert heldouts
+    vals = [v for (v,) in db.execute("SELECT val_bpb FROM evaluations WHERE val_bpb IS NOT NULL")]
     text = "\n".join(prompts)
     for value in heldouts:
-        assert f"{value:.4f}" not in text and f"{value:.3f}" not in text
+        for digits in (3, 4):  # as a whole number in the text (3.971 is not a piece of 3.9719), unless a val
+            shown = f"{value:.{digits}f}"  # value shows the same at this precision
+            if shown not in {f"{v:.{digits}f}" for v in vals}:
+                assert not re.search(rf"(?<![\d.]){re.escape(shown)}(?!\d)", text), shown
     assert "heldout" not in text.lower() and "held-out bpb" not in text.lower()
 
     # the key is in no file of the run directory (journal included) and in no genome's environment

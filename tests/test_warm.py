@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 from gpt import warm
 from test_runner import slot
@@ -36,11 +37,13 @@ def test_the_second_slot_starts_warm_in_a_fresh_process_and_an_empty_work_dir(sm
     warm_dir = tmp_path / "warm"
     first = slot("work_dir_listing.py", small_dataset, tmp_path / "a", warm_dir=str(warm_dir), budget_s=2.0)
     assert len(_staged(warm_dir)) == 1  # the next slot's interpreter and scorer, started while `first` was scored
+    staged = next(iter(warm._READY.values()))[0]
+    assert staged.genome.clock.ready.wait(120)  # as after a real slot's seconds of scoring: its imports are done
     second = slot("work_dir_listing.py", small_dataset, tmp_path / "b", warm_dir=str(warm_dir), budget_s=2.0)
     try:
         assert (first.status, second.status) == ("ok", "ok"), (first.detail, second.detail)
         assert (first.warm, second.warm) == (False, True)
-        assert second.pid != first.pid and not _alive(first.pid) and not _alive(second.pid)
+        assert second.pid == staged.genome.proc.pid != first.pid and not _alive(first.pid) and not _alive(second.pid)
         # torch was imported before the second one's clock started
         assert second.startup_seconds < first.startup_seconds - 0.3, (first.startup_seconds, second.startup_seconds)
         # nothing of the genome before: the same work dir a cold start has (torch's imports may make a cache dir)
@@ -49,8 +52,8 @@ def test_the_second_slot_starts_warm_in_a_fresh_process_and_an_empty_work_dir(sm
         # the warm slot's files became the slot's own: the same layout a cold slot has
         assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))
         assert (tmp_path / "b" / "work" / "left_behind.txt").is_file()
-        staged = warm._READY[next(iter(warm._READY))][0]
-        pids = (staged.genome.proc.pid, staged.scorer.proc.pid)
+        again = warm._READY[next(iter(warm._READY))][0]  # the one started while `second` was scored
+        pids = (again.genome.proc.pid, again.scorer.proc.pid)
     finally:
         warm.discard_all()
     assert _staged(warm_dir) == [] and not any(_alive(p) for p in pids)
@@ -63,7 +66,7 @@ def test_a_slot_of_another_shape_or_a_dead_warm_process_starts_cold(small_datase
         other = slot("work_dir_listing.py", small_dataset, tmp_path / "b", warm_dir=str(warm_dir), budget_s=2.0,
                      threads=2)  # another shape: the warm slot for one thread is not used
         assert other.ok and other.warm is False
-        ready = warm._READY[next(k for k in warm._READY if k[3] == 2)][0]
+        ready = warm._READY[next(k for k in warm._READY if k[5] == 2)][0]
         os.kill(ready.genome.proc.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while ready.genome.alive() and time.monotonic() < deadline:
@@ -80,3 +83,23 @@ def test_a_slot_of_another_shape_or_a_dead_warm_process_starts_cold(small_datase
 def test_without_a_warm_dir_nothing_is_started_ahead(small_dataset, tmp_path):
     result = slot("work_dir_listing.py", small_dataset, tmp_path / "a", budget_s=2.0)
     assert result.ok and result.warm is False and warm._READY == {}
+
+
+def test_a_run_warms_gpu_slots_and_cpu_slots_that_leave_cores_idle_but_never_past_its_last_evaluation(tmp_path):
+    from evo.slots import Slot, SlotPool
+    from tests.synthetic import new_run
+
+    seed = Path(__file__).resolve().parent / "genomes" / "evo_tiny.py"
+    cores = os.cpu_count() or 1
+    every_core, spare = Slot("cpu0", "cpu", cores), Slot("cpu0", "cpu", max(1, cores - 1))
+    gpu, remote = Slot("gpu0", "cuda", 0, {"CUDA_VISIBLE_DEVICES": "0"}), Slot("w/cpu", "cpu", 1, worker="tcp://w")
+    cases = [("auto", [every_core], every_core, False), ("auto", [gpu], gpu, True), ("auto", [remote], remote, False),
+             ("on", [every_core], every_core, True), ("off", [gpu], gpu, False)]
+    if cores > 1:
+        cases.append(("auto", [spare], spare, True))
+    for k, (mode, slots, slot, expected) in enumerate(cases):
+        evolution = new_run(tmp_path / f"run{k}", seed, warm=mode, evals=8)
+        evolution.pool = SlotPool(slots)
+        assert evolution._warms(slot) is expected, (mode, slot)
+    last = new_run(tmp_path / "last", seed, warm="on", evals=1)  # this evaluation is the run's last one
+    assert last._warms(gpu) is False
