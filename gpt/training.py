@@ -4,7 +4,7 @@ A `GenomeProcess` is step 3-5 of a slot (see gpt.runner): `python -m gpt.starter
 level with a scrubbed environment and the runner's clock pipe, its imports done while it waits;
 `run()` hands it the genome and the slot spec, says `go` (the clock starts), watches it
 (gpt.processes), kills it at `budget + grace`, and ends every process the slot left behind. A cold
-slot spawns it and says go at once (`train()`); a warm one (gpt.warm) spawned it while the previous
+slot spawns it and says go at once; a warm one (gpt.warm) spawned it while the previous
 genome was scored. It returns what the runner measured (`Training`); nothing the genome wrote is
 read here except its stdout and stderr, into size-capped files.
 """
@@ -235,13 +235,6 @@ class GenomeProcess:
         with _LIVE_LOCK:
             _LIVE_SLOTS.pop(self.proc.pid, None)
         processes.unregister_child(self.proc.pid)
-
-
-def train(job: SlotJob, out: Path, level: str | None = None) -> Training:
-    """Run the genome's training process in its sandbox under the hard wall clock (a cold start: the
-    process is spawned in `out` and told to go at once); return what the runner saw."""
-    level = level or sandboxing.resolve_level(job.sandbox)
-    return GenomeProcess(job, level, out).run(job, out)
 
 
 def _measured(job: SlotJob, out: Path, genome: GenomeProcess, watchdog, times: dict, spans: tuple, timed_out: bool,

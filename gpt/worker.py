@@ -215,7 +215,8 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         genome.write_text(remote.genome_source)
         job = replace(remote.job, genome=str(genome), dataset=str(dataset), out_dir=str(scratch / "out"),
                       env={**remote.job.env, **gpu_env(remote.gpu)},
-                      warm_dir=str(worker_root() / "warm" / f"gpu{remote.gpu}") if remote.job.warm_dir else "")
+                      warm_dir=str(worker_root() / "warm" / ("cpu" if remote.gpu is None else f"gpu{remote.gpu}"))
+                      if remote.job.warm_dir else "")
         result = run_slot(job)
         result.worker = identity()
         out = scratch / "out"
