@@ -241,7 +241,7 @@ class DaskSlotPool:
     # -------------------------------------------------------------- faults
     def _watch(self) -> None:
         """Every POLL_S: fail the evaluations of workers that left; wait for a lost scheduler."""
-        lost_since = None
+        lost_since, missing = None, set()
         while not self._closed.wait(POLL_S):
             connected = self.client.status == "running"
             if not connected:
@@ -256,8 +256,10 @@ class DaskSlotPool:
                 workers = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
             except Exception:  # noqa: BLE001 -- the scheduler went away between the two calls
                 continue
+            # gone: missing from two views in a row (one view of a busy scheduler once left a live worker out)
+            gone, missing = missing - workers, {slot.worker for _, slot, _ in self._remote.values()} - workers
             for ours, (theirs, slot, _) in list(self._remote.items()):
-                if slot.worker not in workers and not ours.done():
+                if slot.worker in gone and not ours.done():
                     theirs.cancel()
                     self._settle(ours, SlotLost(f"slot {slot.name}: worker {slot.worker} left mid-evaluation"))
 
