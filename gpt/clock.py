@@ -96,7 +96,8 @@ def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, e
         why = "the genome never said connect on the harness clock (its clock pipe was closed or silenced)"
     elif cpu_before_connect is not None and cpu_before_connect > STARTUP_CPU_S:
         why = (f"the genome used {cpu_before_connect:.1f} CPU seconds before lab.connect() (torch was imported "
-               f"already; the limit is {STARTUP_CPU_S:g}): work before the clock starts")
+               f"already; the limit is {STARTUP_CPU_S:g}): work before the clock starts; call lab.connect() "
+               "first and build or precompute after it")
     elif submit is None:
         why = "the artifact did not come through run.submit() (no submit on the harness clock)"
     elif overrun > tolerance:

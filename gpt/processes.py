@@ -81,6 +81,18 @@ def reap_orphans() -> int:
     return n
 
 
+def spawn(cmd: list[str], **popen) -> "subprocess.Popen":
+    """Start one of the runner's own processes (a sandboxed genome or scorer) and register it, under
+    SPAWN_LOCK: no slot's scan can take it for an escaped orphan in between. Call it from a long-lived
+    thread: the launcher's PR_SET_PDEATHSIG fires when the *thread* that forked it exits."""
+    import subprocess
+
+    with SPAWN_LOCK:
+        proc = subprocess.Popen(cmd, **popen)
+        register_child(proc.pid)
+    return proc
+
+
 def register_child(pid: int) -> None:
     _RUNNER_CHILDREN.add(pid)
 

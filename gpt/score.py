@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass

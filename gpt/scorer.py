@@ -47,10 +47,8 @@ class Scorer:
                                        gpu=job.device.startswith("cuda"))
         cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.score"], exposure, job.limits(),
                                       supervise=False)
-        with processes.SPAWN_LOCK:
-            self.proc = subprocess.Popen(cmd, cwd=scratch, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
-            processes.register_child(self.proc.pid)
+        self.proc = processes.spawn(cmd, cwd=scratch, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
         self.procs = processes.SlotProcesses(uuid.uuid4().hex, root_pid=self.proc.pid)
         self.used = False
 

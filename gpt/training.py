@@ -171,11 +171,9 @@ class GenomeProcess:
         self.clock = ClockPipe()
         env = genome_env(self.spec_path, self.work, job.threads, job.env, self.token)
         env[CLOCK_FD_ENV] = str(self.clock.write_fd)
-        with processes.SPAWN_LOCK:  # spawned from the runner's long-lived slot thread (PR_SET_PDEATHSIG is per thread)
-            self.proc = subprocess.Popen(cmd, cwd=self.work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=env, start_new_session=True,
-                                         pass_fds=(self.clock.write_fd,))
-            processes.register_child(self.proc.pid)
+        self.proc = processes.spawn(cmd, cwd=self.work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, start_new_session=True,
+                                    pass_fds=(self.clock.write_fd,))
         self.clock.start()
         self.procs = processes.SlotProcesses(self.token, root_pid=self.proc.pid)
         with _LIVE_LOCK:

@@ -74,7 +74,7 @@ def test_a_slot_of_another_shape_or_a_dead_warm_process_starts_cold(small_datase
         third = slot("work_dir_listing.py", small_dataset, tmp_path / "c", warm_dir=str(warm_dir), budget_s=2.0,
                      threads=2)
         assert third.ok and third.warm is False  # its warm slot had died: a cold start, not a crash
-        assert not ready.scorer.proc.poll() is None  # the dead one's scorer was ended with it
+        assert ready.scorer.proc.poll() is not None  # the dead one's scorer was ended with it
     finally:
         warm.discard_all()
     assert _staged(warm_dir) == []

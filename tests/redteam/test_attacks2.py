@@ -112,6 +112,15 @@ def test_x_training_inside_the_exported_graph_gains_nothing(small_dataset, tmp_p
     assert result.status != "ok" or result.val_bpb >= honest.val_bpb - 0.01, result
 
 
+# ---------------------------------------------------------------- a write no op's schema declares
+@needs_bwrap
+def test_x_batch_norm_running_stats_are_a_buffer_write_and_refused(small_dataset, tmp_path):
+    result, _ = slot(RED / "x_batch_norm_memory.py", small_dataset, tmp_path / "slot", static_checks=False,
+                     budget_s=2.0)
+    assert (result.status, result.reason) == ("failed", "bad_artifact"), result
+    assert "changes its buffers" in result.detail and result.val_bpb is None
+
+
 # ---------------------------------------------------------------- eval documents inside bwrap
 @needs_bwrap
 def test_x_a_corpus_that_copies_the_runtime_is_not_called_sealed(small_dataset, tmp_path):
