@@ -33,4 +33,4 @@ demo: install
 	@if command -v bwrap >/dev/null 2>&1; then $(BIN)/evo run; else $(BIN)/evo run --allow-unsealed; fi
 
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15

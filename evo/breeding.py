@@ -35,7 +35,7 @@ from evo.journal import Evaluation, Journal
 from evo.state import RunState, new_member
 from gpt.result import SlotResult
 
-ARITY = {"mutate": 1, "mate": 2, "tpe": 1, "cmaes": 1, "llm_mutate": 1, "llm_mate": 2}
+ARITY = {"mutate": 1, "mate": 2, "tpe": 1, "gp": 1, "cmaes": 1, "llm_mutate": 1, "llm_mate": 2}
 
 
 def select_tournament(individuals: list, k: int, rng: random.Random, tournsize: int) -> list:
@@ -93,12 +93,13 @@ class Breeder:
 
     def _register_knob_operators(self) -> None:
         from evo.operators.knobs import KnobCrossover, KnobMutation
-        from evo.operators.studies import CMAESSearch, TPESearch
+        from evo.operators.studies import CMAESSearch, GPSearch, TPESearch
 
         self.toolbox.register("mutate", KnobMutation())
         self.toolbox.register("mate", KnobCrossover())
         self.toolbox.register("tpe", TPESearch())
         self.toolbox.register("cmaes", CMAESSearch())
+        self.toolbox.register("gp", GPSearch())
 
     def _start_llm(self, run_dir: Path) -> None:
         from evo.llm import LLMClient, LLMCrossover, LLMMutation, PromptBook
@@ -132,7 +133,7 @@ class Breeder:
             self.journal.event("llm_budget_exhausted", spent_usd=self.llm.spent_usd)
             self.note(f"LLM budget of ${llm.budget_usd:g} reached: continuing with knob operators only")
         c, draw = self.config, rng.random()
-        for name, share in (("tpe", c.tpe_share), ("cmaes", c.cmaes_share),
+        for name, share in (("gp", c.gp_share), ("tpe", c.tpe_share), ("cmaes", c.cmaes_share),
                             ("mate", c.crossover_rate if members >= 2 else 0.0)):
             if draw < share:
                 return name

@@ -94,11 +94,13 @@ class RunConfig:
                                "\"source .venv/bin/activate\"")
     population_size: int = _key(6, "search", "individuals kept in the population", minimum=2)
     tournament_size: int = _key(3, "search", "aspirants per tournament", minimum=1)
-    tpe_share: float = _key(0.5, "search", "share of offline children proposed by TPE (Optuna) over the parent "
+    gp_share: float = _key(1.0, "search", "share of offline children proposed by Gaussian-process BO (Optuna's "
+                           "GPSampler) over the parent structure's knob study", minimum=0, flag="--gp-share")
+    tpe_share: float = _key(0.0, "search", "share of offline children proposed by TPE (Optuna) over the parent "
                             "structure's knob study", minimum=0, flag="--tpe-share")
     cmaes_share: float = _key(0.0, "search", "share of offline children proposed by CMA-ES over the parent "
                               "structure's knob study", minimum=0, flag="--cmaes-share")
-    crossover_rate: float = _key(0.2, "search", "share of offline children made by knob crossover (the rest of "
+    crossover_rate: float = _key(0.0, "search", "share of offline children made by knob crossover (the rest of "
                                  "the shares: random knob steps)", minimum=0)
     noise_repeats: int = _key(3, "fitness", "evaluations of the seed (fresh seeds) that measure the noise floor",
                               minimum=2)
@@ -129,8 +131,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, saved: dict, overrides: dict | None = None) -> "RunConfig":
-        """A journaled config (keys a newer evo dropped are ignored, keys it added take defaults)."""
-        values = {k: v for k, v in saved.items() if k in KEYS}
+        """A journaled config (keys a newer evo dropped are ignored, keys it added take defaults, or
+        what the run behaved as before they existed: `BEFORE_KEY`)."""
+        values = {**{k: v for k, v in BEFORE_KEY.items() if k not in saved}, **{k: v for k, v in saved.items() if k in KEYS}}
         values.update({k.name: tuple(values[k.name]) for k in SCHEMA if k.type is tuple and k.name in values})
         values.setdefault("genomes", KEYS["genomes"].default)
         llm = LLMConfig.from_dict(saved.get("llm") or {})
@@ -158,7 +161,8 @@ class Key:
 SCHEMA = tuple(Key(f.name, type=type(f.default), default=f.default, **f.metadata)
                for f in dataclasses.fields(RunConfig) if f.name != "llm")
 KEYS = {k.name: k for k in SCHEMA}
-SHARES = ("tpe_share", "cmaes_share", "crossover_rate")  # of offline children; the rest: random knob steps
+BEFORE_KEY = {"gp_share": 0.0}  # a run journaled before this key existed behaves as with this value
+SHARES = ("gp_share", "tpe_share", "cmaes_share", "crossover_rate")  # of offline children; the rest: random knob steps
 
 
 def _check(key: Key, value, where: str):

@@ -4,35 +4,28 @@
     hf:owner/name                                          every .parquet file of the repo
     hf:owner/name@REVISION:data/*.parquet:content          another branch/commit, column "content"
 
-The file list comes from the hub API (`GET {endpoint}/api/datasets/{repo}/tree/{revision}
-?recursive=true`, following `Link: <...>; rel="next"` pages); each matching file is
-downloaded from `{endpoint}/datasets/{repo}/resolve/{revision}/{path}`. The endpoint is
-$HF_ENDPOINT (default https://huggingface.co); $HF_TOKEN, when set, is sent as a bearer
-token (gated datasets). PATTERN is an fnmatch pattern on the path in the repo (`*` also
-matches `/`); the default is `*.parquet`.
+The talking to the hub is done by the `huggingface_hub` library: the revision is resolved to a
+commit once, the repo's files at that commit are listed (`HfApi.list_repo_tree`, all pages), and
+each file whose path matches PATTERN (fnmatch on the path in the repo, `*` also matches `/`;
+default `*.parquet`) is fetched with `hf_hub_download`, which retries a dropped connection with
+a Range request for the missing bytes. The endpoint is $HF_ENDPOINT (default
+https://huggingface.co); $HF_TOKEN, when set, is the bearer token (gated or private datasets),
+and no other token (no stored login) is used.
 
-Downloads land in `<cache>/<owner>--<name>/<revision>/<path>`, written to `<path>.part`
-first. An interrupted download (a dropped connection, a killed process) resumes from the
-`.part` file's size with an HTTP Range request: within one call up to `retries` times,
-and again on the next call. A finished file is checked against the size and the sha256
-(the LFS oid) the API reported, or the git blob sha1 for small non-LFS files, before it
-is renamed into place; a mismatch deletes the partial file and is an error. Files already
-in place with the reported size are not fetched again.
+Downloads land in `<cache>/<owner>--<name>/<revision>/<path>`; the library keeps its bookkeeping
+(what commit and etag each file came from, partial downloads) in `.cache/huggingface/` inside
+that folder, and nothing is written under ~/.cache. A file already in place from the same commit
+is not fetched again. A file fetched by this call is checked against the size and sha256 (the
+LFS oid) of the listing, or the git blob sha1 for small non-LFS files; a mismatch deletes it
+and is an error. Plain HTTP is used, not the xet protocol.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
-import http.client
-import json
 import os
-import re
-import socket
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -43,10 +36,7 @@ from gpt.sources import DEFAULT_COLUMN, DEFAULT_PATTERN, DEFAULT_REVISION, Sourc
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
-RETRIES = 5
-BACKOFF_S = 1.0  # doubled after each failed try, at most BACKOFF_MAX_S
-BACKOFF_MAX_S = 30.0
-_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
+AGAIN = "run the same command again to retry"
 
 
 @dataclass(frozen=True)
@@ -64,14 +54,6 @@ class HubSpec:
         return cls(source.repo, source.revision, source.pattern, source.column)
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int | None
-    sha256: str | None  # the LFS oid: sha256 of the content
-    git_oid: str | None  # git blob sha1, for files not stored in LFS
-
-
 def parse_spec(rest: str) -> HubSpec:
     """'OWNER/NAME[@REVISION][:PATTERN[:COLUMN]]' (a spec without its "hf:") -> HubSpec, parsed by
     gpt.sources.parse_source; a malformed one is a UserError."""
@@ -82,61 +64,91 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def _headers() -> dict:
-    headers = {"User-Agent": "evo-data/1"}
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
+def local_dir(cache: Path, spec: HubSpec) -> Path:
+    return Path(cache) / spec.repo.replace("/", "--") / spec.revision.replace("/", "--")
 
 
-def _http_error(exc: urllib.error.HTTPError, what: str) -> UserError:
-    hint = {401: "the dataset may be gated or private: set HF_TOKEN",
-            403: "access denied: set HF_TOKEN or ask for access",
-            404: "no such dataset, revision or file"}.get(exc.code, "")
-    return UserError(f"{what} failed: HTTP {exc.code} {exc.reason}" + (f" ({hint})" if hint else ""))
+def _token() -> str | bool:
+    """$HF_TOKEN, or False: tells huggingface_hub to send no token rather than look for a stored one."""
+    return os.environ.get("HF_TOKEN") or False
 
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code in (408, 429) or exc.code >= 500
-    return isinstance(exc, _TRANSIENT)
+@contextlib.contextmanager
+def _library_settings():
+    """huggingface_hub reads these switches from the environment when it is imported; set them for
+    the calls made here: no xet transfers (they keep a chunk cache under ~/.cache), and no
+    telemetry, whose agent detection fetches a list from huggingface.co and caches it under ~/.cache."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_DISABLE_XET, constants.HF_HUB_DISABLE_TELEMETRY
+    constants.HF_HUB_DISABLE_XET = constants.HF_HUB_DISABLE_TELEMETRY = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_XET, constants.HF_HUB_DISABLE_TELEMETRY = saved
 
 
-def _sleep(attempt: int, backoff_s: float) -> None:
-    time.sleep(min(BACKOFF_MAX_S, backoff_s * 2**attempt))
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises for a refused request or a failed connection (its HTTP client is httpx2)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return HfHubHTTPError, httpx2.TransportError, OSError
 
 
-def list_files(spec: HubSpec, base: str | None = None, retries: int = RETRIES,
-               backoff_s: float = BACKOFF_S) -> list[RemoteFile]:
-    """Every file of the dataset repo at the revision (all pages of the tree listing)."""
-    base = base or endpoint()
-    url = (f"{base}/api/datasets/{spec.repo}/tree/{urllib.parse.quote(spec.revision, safe='')}"
-           f"?recursive=true")
-    files: list[RemoteFile] = []
-    while url:
-        for attempt in range(retries + 1):
-            try:
-                with urllib.request.urlopen(urllib.request.Request(url, headers=_headers()), timeout=TIMEOUT_S) as resp:
-                    entries = json.loads(resp.read())
-                    link = resp.headers.get("Link", "")
-                break
-            except urllib.error.HTTPError as exc:
-                if not _transient(exc) or attempt == retries:
-                    raise _http_error(exc, f"listing hf:{spec.repo} at {base}") from None
-            except _TRANSIENT as exc:
-                if attempt == retries:
-                    raise UserError(f"listing hf:{spec.repo} at {base} failed: {exc}") from None
-            _sleep(attempt, backoff_s)
-        for e in entries:
-            if e.get("type") != "file":
-                continue
-            lfs = e.get("lfs") or {}
-            files.append(RemoteFile(path=e["path"], size=lfs.get("size", e.get("size")), sha256=lfs.get("oid"),
-                                    git_oid=None if lfs else e.get("oid")))
-        match = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', link)
-        url = urllib.parse.urljoin(url, match.group(1)) if match else None
-    return files
+def _user_error(exc: BaseException, what: str, spec: HubSpec, base: str) -> UserError:
+    """A UserError for one of `_library_errors()` met while doing `what`. Built from the status code
+    and our own words, so the token never appears in it."""
+    import httpx2
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    where = f"{what} failed (hf:{spec.repo} at {base})"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return UserError(f"{where}: HF_HUB_OFFLINE is set; unset it to download")
+    response = getattr(exc, "response", None) if isinstance(exc, HfHubHTTPError) else None
+    if response is not None:
+        code = response.status_code
+        if isinstance(exc, GatedRepoError) or code in (401, 403):
+            hint = "the dataset may be gated or private: set HF_TOKEN to a token that has access"
+            if _token():
+                hint += " (the HF_TOKEN set was refused)"
+        elif isinstance(exc, RevisionNotFoundError):
+            hint = f"no revision {spec.revision!r}: check the @REVISION of the spec"
+        elif isinstance(exc, RepositoryNotFoundError):
+            hint = "no such dataset: check OWNER/NAME and HF_ENDPOINT, or set HF_TOKEN if it is private"
+        elif isinstance(exc, RemoteEntryNotFoundError):
+            hint = "no such file at that revision"
+        elif code in (408, 429) or code >= 500:
+            hint = f"the hub is busy or down; {AGAIN}"
+        else:
+            hint = "check HF_ENDPOINT and the spec"
+        return UserError(f"{where}: HTTP {code} {response.reason_phrase} ({hint})")
+    # huggingface_hub wraps a failed metadata request in LocalEntryNotFoundError: name the cause
+    cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None else exc
+    detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        return UserError(f"{where}: network failure ({detail}); check the connection and HF_ENDPOINT, then {AGAIN}")
+    return UserError(f"{where}: {detail}; {AGAIN}")
+
+
+def list_files(spec: HubSpec, base: str | None = None) -> tuple[str, list]:
+    """The commit the revision points to, and every file of the dataset repo at that commit (the
+    `RepoFile`s of huggingface_hub)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    base = (base or endpoint()).rstrip("/")
+    api = HfApi(endpoint=base, token=_token(), library_name="evo-data", library_version="1")
+    with _library_settings():
+        try:
+            commit = api.dataset_info(spec.repo, revision=spec.revision, timeout=TIMEOUT_S).sha
+            files = [f for f in api.list_repo_tree(spec.repo, recursive=True, revision=commit or spec.revision,
+                                                   repo_type="dataset") if isinstance(f, RepoFile)]
+        except _library_errors() as exc:
+            raise _user_error(exc, "listing the files", spec, base) from None
+    return commit or spec.revision, files
 
 
 def _digests(path: Path) -> tuple[str, str, int]:
@@ -150,116 +162,65 @@ def _digests(path: Path) -> tuple[str, str, int]:
     return sha256.hexdigest(), sha1.hexdigest(), size
 
 
-def _verify(part: Path, remote: RemoteFile) -> str | None:
-    """What is wrong with a finished download, or None."""
-    sha256, sha1, size = _digests(part)
-    if remote.size is not None and size != remote.size:
-        return f"size {size} bytes, the hub reports {remote.size}"
-    if remote.sha256 and sha256 != remote.sha256:
-        return f"sha256 {sha256}, the hub reports {remote.sha256}"
-    if remote.git_oid and not remote.sha256 and sha1 != remote.git_oid:
-        return f"git blob sha1 {sha1}, the hub reports {remote.git_oid}"
+def _verify(path: Path, remote) -> str | None:
+    """What is wrong with a downloaded file, compared with its listing entry (a RepoFile), or None."""
+    sha256, sha1, size = _digests(path)
+    want_size = remote.lfs.size if remote.lfs else remote.size
+    if want_size is not None and size != want_size:
+        return f"size {size} bytes, the hub reports {want_size}"
+    if remote.lfs and sha256 != remote.lfs.sha256:
+        return f"sha256 {sha256}, the hub reports {remote.lfs.sha256}"
+    if not remote.lfs and remote.blob_id and sha1 != remote.blob_id:
+        return f"git blob sha1 {sha1}, the hub reports {remote.blob_id}"
     return None
 
 
-class _Progress:
-    def __init__(self, name: str, total: int | None, quiet: bool):
-        self.name, self.total, self.quiet = name, total, quiet
-        self.last = time.monotonic()
-
-    def __call__(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if self.quiet or (now - self.last < 5.0 and not final):
-            return
-        self.last = now
-        of = f" of {self.total / 1e6:.1f}" if self.total else ""
-        print(f"download {self.name}: {done / 1e6:.1f}{of} MB", file=sys.stderr, flush=True)
-
-
-def _fetch_once(url: str, part: Path, remote: RemoteFile, progress: _Progress) -> bool:
-    """Append to `part` from where it stops (Range), or start it over. True if it resumed."""
-    have = part.stat().st_size if part.exists() else 0
-    if remote.size is not None and have > remote.size:
-        have = 0
-    headers = _headers()
-    if have:
-        headers["Range"] = f"bytes={have}-"
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to send: the part file is complete (or wrong)
-            return True
-        raise
-    with resp:
-        resumed = bool(have) and resp.status == 206
-        done = have if resumed else 0
-        with open(part, "ab" if resumed else "wb") as f:
-            for block in iter(lambda: resp.read(CHUNK), b""):
-                f.write(block)
-                done += len(block)
-                progress(done)
-        # http.client ends a body cut short by the server quietly: check what was promised
-        missing = resp.length if resp.length else (remote.size - done if remote.size is not None else 0)
-        if missing > 0:
-            raise http.client.IncompleteRead(b"", missing)
-    return resumed
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def download_file(url: str, dest: Path, remote: RemoteFile, retries: int = RETRIES, backoff_s: float = BACKOFF_S,
-                  quiet: bool = False) -> Path:
-    """Download `url` to `dest` through `dest.part`, resuming and retrying, then verify it."""
-    if dest.exists() and (remote.size is None or dest.stat().st_size == remote.size):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    progress = _Progress(remote.path, remote.size, quiet)
-    attempt, restarted = 0, False
-    while True:
-        try:
-            resumed = _fetch_once(url, part, remote, progress)
-        except urllib.error.HTTPError as exc:
-            if not _transient(exc) or attempt >= retries:
-                raise _http_error(exc, f"downloading {url}") from None
-        except _TRANSIENT as exc:
-            if attempt >= retries:
-                raise UserError(f"downloading {url} failed after {attempt + 1} tries: {exc}; run the same command "
-                                f"again to resume from {part.stat().st_size if part.exists() else 0} bytes") from None
-        else:
-            problem = _verify(part, remote)
-            if problem is None:
-                progress(part.stat().st_size, final=True)
-                os.replace(part, dest)
-                return dest
-            part.unlink()
-            if resumed and not restarted:  # the kept part may be stale (the file changed): once more from zero
-                restarted = True
-                continue
-            raise UserError(f"checksum mismatch for {remote.path} from {url}: got {problem}. The download was "
-                            f"deleted; run again to retry, or check HF_ENDPOINT / the revision")
-        _sleep(attempt, backoff_s)
-        attempt += 1
-
-
-def local_dir(cache: Path, spec: HubSpec) -> Path:
-    return Path(cache) / spec.repo.replace("/", "--") / spec.revision.replace("/", "--")
-
-
-def download(spec: HubSpec, cache: Path, base: str | None = None, retries: int = RETRIES,
-             backoff_s: float = BACKOFF_S, quiet: bool = False) -> list[Path]:
+def download(spec: HubSpec, cache: Path, base: str | None = None, quiet: bool = False) -> list[Path]:
     """Download every file of the repo that matches the pattern; local paths in repo-path order."""
-    base = base or endpoint()
-    files = sorted((f for f in list_files(spec, base, retries, backoff_s) if fnmatch.fnmatchcase(f.path, spec.pattern)),
-                   key=lambda f: f.path)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import silent_tqdm
+
+    base = (base or endpoint()).rstrip("/")
+    commit, listed = list_files(spec, base)
+    files = sorted((f for f in listed if fnmatch.fnmatchcase(f.path, spec.pattern)), key=lambda f: f.path)
     if not files:
-        raise UserError(f"hf:{spec.repo} at {spec.revision} has no file matching {spec.pattern!r} (at {base})")
+        raise UserError(f"hf:{spec.repo} at {spec.revision} has no file matching {spec.pattern!r} (at {base}); "
+                        f"check the :PATTERN of the spec (an fnmatch pattern on the path in the repo)")
     root = local_dir(cache, spec)
     out = []
     for f in files:
         if any(part in ("", ".", "..") for part in f.path.split("/")):
             raise UserError(f"hf:{spec.repo} lists an unsafe path {f.path!r}")
-        url = (f"{base}/datasets/{spec.repo}/resolve/{urllib.parse.quote(spec.revision, safe='')}/"
-               f"{urllib.parse.quote(f.path)}")
-        out.append(download_file(url, root / f.path, f, retries, backoff_s, quiet))
+        dest = root / f.path
+        size = f.lfs.size if f.lfs else f.size
+        if dest.exists() and size is not None and dest.stat().st_size != size:
+            dest.unlink()  # cut short or changed by hand: fetch it again
+        before = _stamp(dest)
+        if not quiet and before is None:
+            print(f"download hf:{spec.repo} {f.path} ({size / 1e6:.1f} MB)" if size is not None else
+                  f"download hf:{spec.repo} {f.path}", file=sys.stderr, flush=True)
+        with _library_settings():
+            try:
+                hf_hub_download(spec.repo, f.path, repo_type="dataset", revision=commit, local_dir=root,
+                                cache_dir=cache, endpoint=base, token=_token(), library_name="evo-data",
+                                library_version="1", tqdm_class=silent_tqdm if quiet else None)
+            except _library_errors() as exc:
+                raise _user_error(exc, f"downloading {f.path}", spec, base) from None
+        if _stamp(dest) != before:  # fetched now (not the file that was already in place): check it
+            problem = _verify(dest, f)
+            if problem is not None:
+                dest.unlink()
+                raise UserError(f"checksum mismatch for {f.path} from hf:{spec.repo} at {base}: got {problem}. "
+                                f"The download was deleted; run again to retry, or check HF_ENDPOINT / the revision")
+        out.append(dest)
     return out
 
 

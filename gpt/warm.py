@@ -85,6 +85,7 @@ def prepare(job: SlotJob, level: str) -> None:
     """Start the next job's genome interpreter and scorer now (call once this job's genome is dead)."""
     if not job.warm_dir:
         return
+    sweep(Path(job.warm_dir))
     stage = Path(job.warm_dir) / uuid.uuid4().hex[:12]
     genome = GenomeProcess(job, level, stage)
     try:
@@ -103,6 +104,18 @@ def prepare(job: SlotJob, level: str) -> None:
     if old:
         old[1].cancel()
         old[0].discard()
+
+
+def sweep(warm_dir: Path) -> None:
+    """Remove the stages in warm_dir that no live warm slot of this process owns: a controller that was
+    killed left them (their processes died with it, PR_SET_PDEATHSIG), and each holds a work dir."""
+    if not warm_dir.is_dir():
+        return
+    with _LOCK:
+        owned = {w.stage for w, _ in _READY.values()}
+    for stage in warm_dir.iterdir():
+        if stage not in owned:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _expire(key: tuple, warm: WarmSlot) -> None:

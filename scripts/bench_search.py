@@ -9,12 +9,13 @@ RunState, Breeder, SQLite journal) with this slot in place of the runner; the ba
 same slot directly:
 
     evo        evo's defaults (the knob operator shares of evo/config.py)
-    evo-tpe    evo with TPE for every offline child        evo-cmaes   ... CMA-ES
+    evo-gp     evo with GP BO for every offline child      evo-tpe ... TPE     evo-cmaes ... CMA-ES
     evo-random evo with random knob steps only (the operator before the knob studies)
-    evo[k=v,..] evo with these config keys, e.g. evo[tpe_share=0.3,crossover_rate=0.1]
+    evo[k=v,..] evo with these config keys, e.g. evo[gp_share=0.7,tpe_share=0.3]
     greedy     keep-if-better from the seed (autoresearch's rule), random knob steps
     random     random search, reports the best single evaluation
-    tpe        Optuna TPE alone, reports its best trial       cmaes  DEAP CMA-ES alone, likewise
+    tpe        Optuna TPE alone, reports its best trial       gp     Optuna's GPSampler alone, likewise
+    cmaes      DEAP CMA-ES alone, likewise
 
 Every strategy gets the same number of evaluations (evo's include its noise repeats and
 re-evaluations). Reported per strategy and count: the median and quartiles of the true bpb of the
@@ -59,10 +60,10 @@ from gpt.result import SlotResult  # noqa: E402
 
 GENOME = ROOT / "genomes" / "tiny_cpu.py"
 LANDSCAPE = ROOT / "scripts" / "landscape_tiny_cpu.csv"
-EVO_STRATEGIES = {"evo": {}, "evo-tpe": {"tpe_share": 1.0, "cmaes_share": 0.0, "crossover_rate": 0.0},
-                  "evo-cmaes": {"tpe_share": 0.0, "cmaes_share": 1.0, "crossover_rate": 0.0},
-                  "evo-random": {"tpe_share": 0.0, "cmaes_share": 0.0}}
-BASELINES = ("greedy", "random", "tpe", "cmaes")
+ONLY = {"gp_share": 0.0, "tpe_share": 0.0, "cmaes_share": 0.0, "crossover_rate": 0.0}  # random knob steps
+EVO_STRATEGIES = {"evo": {}, "evo-gp": {**ONLY, "gp_share": 1.0}, "evo-tpe": {**ONLY, "tpe_share": 1.0},
+                  "evo-cmaes": {**ONLY, "cmaes_share": 1.0}, "evo-random": ONLY}
+BASELINES = ("greedy", "random", "tpe", "gp", "cmaes")
 
 
 # -------------------------------------------------------------------- the simulated slot
@@ -231,18 +232,20 @@ def run_random(landscape: Landscape, source: str, evals: int, rep: int) -> dict:
     return _best_of(trials, landscape.seed_values)
 
 
-def run_tpe(landscape: Landscape, source: str, evals: int, rep: int) -> dict:
+def run_tpe(landscape: Landscape, source: str, evals: int, rep: int, gp: bool = False) -> dict:
+    """Optuna alone (TPE, or with `gp` its Gaussian-process sampler), its own defaults, from the seed."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     space, dists = landscape.space, landscape.space.distributions()
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=rep, multivariate=True))
+    sampler = optuna.samplers.GPSampler(seed=rep) if gp else optuna.samplers.TPESampler(seed=rep, multivariate=True)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
     study.enqueue_trial(space.to_params(landscape.seed_values))
     trials, worst = [], None
     for k in range(evals):
         trial = study.ask(dists)
         values = space.from_params(trial.params)
-        val = landscape.evaluate(values, f"{rep}:tpe:{k}")
+        val = landscape.evaluate(values, f"{rep}:{'gp' if gp else 'tpe'}:{k}")
         trials.append((values, val))
         worst = max([v for _, v in trials if v is not None], default=10.0)
         study.tell(trial, val if val is not None else worst + 1.0)
@@ -272,14 +275,18 @@ def run_cmaes(landscape: Landscape, source: str, evals: int, rep: int) -> dict:
 
 
 def evo_overrides(name: str) -> dict:
-    """A named evo strategy, or `evo[key=value,...]` with config keys (e.g. evo[tpe_share=0.3])."""
+    """A named evo strategy, or `evo[key=value,...]` with config keys (e.g. evo[gp_share=0.5,tpe_share=0.5])."""
     if name in EVO_STRATEGIES:
         return EVO_STRATEGIES[name]
     pairs = [kv.split("=") for kv in name[4:-1].split(",") if kv]
     return {k: type(cfg.KEYS[k].default)(v) for k, v in pairs}
 
 
-BASELINE_RUNNERS = {"greedy": run_greedy, "random": run_random, "tpe": run_tpe, "cmaes": run_cmaes}
+def run_gp(landscape: Landscape, source: str, evals: int, rep: int) -> dict:
+    return run_tpe(landscape, source, evals, rep, gp=True)
+
+
+BASELINE_RUNNERS = {"greedy": run_greedy, "random": run_random, "tpe": run_tpe, "gp": run_gp, "cmaes": run_cmaes}
 
 
 # -------------------------------------------------------------------- the table
@@ -371,7 +378,7 @@ def main() -> int:
         landscape.noise = args.noise
     counts = [50] if args.quick else [int(x) for x in args.evals.split(",")]
     reps = 10 if args.quick else args.reps
-    strategies = ["evo", "greedy", "random", "tpe", "cmaes"] if args.quick else re.split(r",(?![^\[]*\])", args.strategies)
+    strategies = ["evo", "greedy", "random", "tpe", "gp", "cmaes"] if args.quick else re.split(r",(?![^\[]*\])", args.strategies)
     print(f"landscape: {landscape.n_configs} configurations, noise s.d. {landscape.noise:.4f}, seed true "
           f"{landscape.seed_true:.4f}", flush=True)
     results = measure(landscape, strategies, counts, reps, progress=lambda s: print(s, flush=True), jobs=args.jobs)

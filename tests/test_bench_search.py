@@ -49,6 +49,6 @@ def test_the_bench_runs_every_strategy_on_the_simulated_slot_and_prints_the_sear
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"search: evals=20 reps=2 evo=\d\.\d{4} greedy=\d\.\d{4} random=\d\.\d{4} tpe=\d\.\d{4} "
                         r"cmaes=\d\.\d{4} false_crown=\d\.\d\d", lines[-1]), lines[-1]
-    for name in ("evo", "evo-tpe", "evo-cmaes", "evo-random", "greedy", "random", "tpe", "cmaes"):
+    for name in ("evo", "evo-gp", "evo-tpe", "evo-cmaes", "evo-random", "greedy", "random", "tpe", "gp", "cmaes"):
         assert any(line.startswith(f"| {name} | 20 |") for line in lines), name
     assert (tmp_path / "bench.png").stat().st_size > 10_000

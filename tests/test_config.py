@@ -97,6 +97,20 @@ def test_a_resolved_config_round_trips_through_the_run_toml_it_writes(tmp_path):
     assert again == config
 
 
+def test_a_run_journaled_before_the_gp_operator_resumes_with_the_shares_it_had():
+    saved = cfg.resolve().to_dict()
+    assert saved["gp_share"] == 1.0 and cfg.RunConfig.from_dict(saved) == cfg.resolve()
+    old = {k: v for k, v in saved.items() if k != "gp_share"} | {"tpe_share": 0.5, "crossover_rate": 0.2}
+    again = cfg.RunConfig.from_dict(old)
+    assert (again.gp_share, again.tpe_share, again.crossover_rate) == (0.0, 0.5, 0.2)
+
+
+def test_shares_over_one_are_refused_naming_each_share():
+    with pytest.raises(UserError, match=r"add up to 1.5 > 1 \(gp_share = 1.0, tpe_share = 0.5"):
+        cfg.resolve({}, {"tpe_share": 0.5})
+    assert cfg.resolve({}, {"gp_share": 0.5, "tpe_share": 0.5}).tpe_share == 0.5
+
+
 # ---------------------------------------------------------------- schema and the documented example
 def test_every_key_has_a_section_and_a_comment_and_every_flag_sets_its_key():
     assert {f.name for f in dataclasses.fields(cfg.RunConfig)} - {"llm"} == set(cfg.KEYS)

@@ -1,4 +1,4 @@
-"""The typed knob space, structures, and the model-based knob operators (TPE, CMA-ES): proposals stay
+"""The typed knob space, structures, and the model-based knob operators (TPE, GP, CMA-ES): proposals stay
 inside the space and away from failures, and a resumed run proposes exactly what an uninterrupted one
 does, because each study is rebuilt from the journal."""
 import math
@@ -10,7 +10,8 @@ import pytest
 
 from evo.genome import OperatorContext, OperatorFailure, ParentInfo, Genome
 from evo.operators.space import knob_space, structure_id, write_values
-from evo.operators.studies import (CMAESSearch, Study, TPESearch, Trial, cma_summary, propose_cmaes, propose_tpe,
+from evo.operators.studies import (CMAESSearch, GPSearch, Study, TPESearch, Trial, cma_summary, propose_cmaes,
+                                  propose_gp, propose_tpe,
                                    study_text)
 from tests.synthetic import fake, finish, new_run, resumed
 
@@ -96,7 +97,7 @@ def _study(n: int, seed: int = 0, failures: int = 0) -> Study:
     return Study("s", space, tuple(trials), noise_floor=0.05)
 
 
-@pytest.mark.parametrize("propose", [propose_tpe, propose_cmaes])
+@pytest.mark.parametrize("propose", [propose_tpe, propose_gp, propose_cmaes])
 def test_model_based_proposals_are_typed_inside_the_space_new_and_the_same_for_the_same_stream(propose):
     study = _study(30)
     space = study.space
@@ -104,10 +105,12 @@ def test_model_based_proposals_are_typed_inside_the_space_new_and_the_same_for_t
         values = propose(study, random.Random(seed))
         assert values == propose(study, random.Random(seed))
         assert space.check(values) == values and not study.seen(values)
-    assert propose(study, random.Random(1)) != propose(study, random.Random(2))
+    if propose is not propose_gp:  # GP BO maximizes its acquisition: other streams may find the same optimum
+        assert propose(study, random.Random(1)) != propose(study, random.Random(2))
 
 
-def test_tpe_finds_a_better_configuration_than_random_search_on_a_smooth_landscape():
+@pytest.mark.parametrize("propose", [propose_tpe, propose_gp])
+def test_the_optuna_samplers_find_a_better_configuration_than_random_search_on_a_smooth_landscape(propose):
     def search(propose, budget=40, seed=0):
         study = _study(1)
         rng = random.Random(seed)
@@ -119,12 +122,12 @@ def test_tpe_finds_a_better_configuration_than_random_search_on_a_smooth_landsca
     def random_search(study, rng):
         return study.space.from_unit([rng.random() for _ in study.space.dimensions])
 
-    tpe = sorted(search(propose_tpe, seed=s) for s in range(5))[2]
+    model = sorted(search(propose, seed=s) for s in range(5))[2]
     rand = sorted(search(random_search, seed=s) for s in range(5))[2]
-    assert tpe < rand, (tpe, rand)
+    assert model < rand, (model, rand)
 
 
-@pytest.mark.parametrize("propose", [propose_tpe, propose_cmaes])
+@pytest.mark.parametrize("propose", [propose_tpe, propose_gp, propose_cmaes])
 def test_no_proposal_lands_next_to_a_configuration_that_failed(propose):
     study = _study(30, failures=10)
     for seed in range(10):
@@ -135,7 +138,7 @@ def test_no_proposal_lands_next_to_a_configuration_that_failed(propose):
 def test_the_operators_write_a_child_of_the_parent_with_the_changes_as_rationale():
     study = _study(12)
     parent = ParentInfo(genome=Genome(source=TINY))
-    for op in (TPESearch(), CMAESSearch()):
+    for op in (TPESearch(), GPSearch(), CMAESSearch()):
         child = op([parent], random.Random(3), OperatorContext(study=study))
         assert child.parents == (parent.genome.id,) and child.operator == op.name
         assert structure_id(child.source) == structure_id(TINY) and " -> " in child.rationale
@@ -166,13 +169,14 @@ def _drive(evolution, n: int) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize("shares", [{"tpe_share": 1.0, "crossover_rate": 0.0}, {"cmaes_share": 1.0, "tpe_share": 0.0,
-                                                                               "crossover_rate": 0.0}])
+@pytest.mark.parametrize("shares", [{"gp_share": 0.0, "tpe_share": 1.0, "crossover_rate": 0.0},
+                                    {"gp_share": 1.0, "tpe_share": 0.0, "crossover_rate": 0.0},
+                                    {"gp_share": 0.0, "cmaes_share": 1.0, "tpe_share": 0.0, "crossover_rate": 0.0}])
 def test_a_resumed_run_proposes_exactly_what_the_uninterrupted_run_does(tmp_path, shares):
     evolution = new_run(tmp_path / "a", ROOT / "genomes" / "tiny_cpu.py", noise_repeats=2, population_size=6,
                         evals=0, **shares)
     first = _drive(evolution, 10)
-    assert sum(":tpe" in i or ":cmaes" in i for i in first) >= 6
+    assert sum(":tpe" in i or ":gp" in i or ":cmaes" in i for i in first) >= 6
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     uninterrupted = _drive(evolution, 8)
     again = _drive(resumed(tmp_path / "b"), 8)

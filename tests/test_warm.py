@@ -80,6 +80,20 @@ def test_a_slot_of_another_shape_or_a_dead_warm_process_starts_cold(small_datase
     assert _staged(warm_dir) == []
 
 
+def test_stages_a_killed_controller_left_are_swept_when_the_next_one_is_prepared(small_dataset, tmp_path):
+    warm_dir = tmp_path / "warm"
+    (warm_dir / "0123456789ab" / "work").mkdir(parents=True)  # what a controller killed mid-run leaves
+    (warm_dir / "0123456789ab" / "work" / "genome.py").write_text("print('stale')\n")
+    try:
+        result = slot("work_dir_listing.py", small_dataset, tmp_path / "a", warm_dir=str(warm_dir), budget_s=2.0)
+        assert result.ok
+        (staged,) = _staged(warm_dir)
+        assert staged != "0123456789ab" and warm_dir / staged == next(iter(warm._READY.values()))[0].stage
+    finally:
+        warm.discard_all()
+    assert _staged(warm_dir) == []
+
+
 def test_without_a_warm_dir_nothing_is_started_ahead(small_dataset, tmp_path):
     result = slot("work_dir_listing.py", small_dataset, tmp_path / "a", budget_s=2.0)
     assert result.ok and result.warm is False and warm._READY == {}

@@ -10,6 +10,9 @@ Operators (same calling convention as every operator, see evo/operators/__init__
 - `TPESearch`: Optuna's TPE sampler, asked through its ask/tell interface over a study rebuilt from
   the trials. Until a structure has STARTUP_TRIALS scored trials (a new structure from an LLM edit
   starts with one, its parent's values) it steps locally around the structure's best instead.
+- `GPSearch`: Optuna's Gaussian-process sampler (Matern 5/2 with a learned noise term, log expected
+  improvement), the same way: the sample-efficient choice for a few dozen evaluations of a smooth,
+  noisy landscape.
 - `CMAESSearch`: DEAP's CMA-ES over the unit embedding, its state replayed from the trials in
   batches of its population size (ints and choices rounded on the way out).
 Both keep away from failures: a proposal within FAILURE_RADIUS (unit embedding, every dimension) of
@@ -93,8 +96,21 @@ def local_step(study: Study, rng: random.Random, sigma: float = LOCAL_SIGMA) -> 
     raise OperatorFailure("every local step landed on a known configuration or near a failure")
 
 
-def propose_tpe(study: Study, rng: random.Random) -> dict:
-    """Optuna TPE's next configuration for this study, or a local step while it has few trials."""
+def _tpe_sampler(seed: int):
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True, constant_liar=True)
+
+
+def _gp_sampler(seed: int):
+    import optuna
+
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=0)
+
+
+def propose_optuna(study: Study, rng: random.Random, make_sampler) -> dict:
+    """The next configuration of an Optuna sampler over this study (rebuilt from its trials through
+    ask/tell), or a local step while the study has fewer than STARTUP_TRIALS scored trials."""
     if len(study.scored) < STARTUP_TRIALS:
         return local_step(study, rng)
     import optuna
@@ -103,9 +119,7 @@ def propose_tpe(study: Study, rng: random.Random) -> dict:
     space, distributions = study.space, study.space.distributions()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=rng.getrandbits(31), n_startup_trials=0, multivariate=True,
-                                             constant_liar=True)
-        optimizer = optuna.create_study(direction="minimize", sampler=sampler)
+        optimizer = optuna.create_study(direction="minimize", sampler=make_sampler(rng.getrandbits(31)))
         bad = study.failure_score()
         optimizer.add_trials([optuna.trial.create_trial(params=space.to_params(t.values), distributions=distributions,
                                                         value=t.score if t.score is not None else bad)
@@ -117,6 +131,24 @@ def propose_tpe(study: Study, rng: random.Random) -> dict:
                 return values
             optimizer.tell(trial, bad)  # a region to leave: the next ask moves away
     return local_step(study, rng)
+
+
+def propose_tpe(study: Study, rng: random.Random) -> dict:
+    """Optuna TPE's next configuration for this study."""
+    return propose_optuna(study, rng, _tpe_sampler)
+
+
+def propose_gp(study: Study, rng: random.Random) -> dict:
+    """Optuna's Gaussian-process sampler's next configuration for this study. Its fit runs on torch,
+    with one thread: the controller shares its machine with the slots that train."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return propose_optuna(study, rng, _gp_sampler)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Point(list):
@@ -196,6 +228,14 @@ class TPESearch(_StudyOperator):
 
     def propose(self, study: Study, rng: random.Random) -> dict:
         return propose_tpe(study, rng)
+
+
+class GPSearch(_StudyOperator):
+    """Arity 1: the next configuration of the parent's structure by Gaussian-process BO (Optuna)."""
+    name = "gp"
+
+    def propose(self, study: Study, rng: random.Random) -> dict:
+        return propose_gp(study, rng)
 
 
 class CMAESSearch(_StudyOperator):

@@ -590,9 +590,9 @@ def test_r13_a_model_that_learns_from_the_eval_stream_is_refused_before_it_is_sc
 def test_r14_with_crossover_forced_a_flagged_genome_with_the_best_score_is_never_a_mate(tmp_path):
     """Every child is a knob crossover (crossover_rate 1.0) of two members; the flagged genome, which has by far
     the best val_bpb, never is one of them, so its hack cannot spread. (tests/test_evolution.py's
-    test_flagged_and_failed_genomes_are_never_chosen_as_parents checks the same at the default rate.)"""
+    test_flagged_and_failed_genomes_are_never_chosen_as_parents checks the same at a rate of 0.3.)"""
     evolution = new_run(tmp_path / "run", GENOMES / "evo_tiny.py", population_size=8, crossover_rate=1.0,
-                        tpe_share=0.0)
+                        gp_share=0.0)
     noise(evolution)
     seed_source = (GENOMES / "evo_tiny.py").read_text()
 
