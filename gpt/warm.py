@@ -55,6 +55,7 @@ class WarmSlot:
 
 
 _READY: dict[tuple, tuple[WarmSlot, threading.Timer]] = {}
+_SWEPT: set[Path] = set()  # warm dirs whose leftovers from earlier processes are gone
 _LOCK = threading.Lock()
 
 
@@ -107,14 +108,15 @@ def prepare(job: SlotJob, level: str) -> None:
 
 
 def sweep(warm_dir: Path) -> None:
-    """Remove the stages in warm_dir that no live warm slot of this process owns: a controller that was
-    killed left them (their processes died with it, PR_SET_PDEATHSIG), and each holds a work dir."""
-    if not warm_dir.is_dir():
-        return
+    """Once per process and warm dir, before its first stage: remove the stages an earlier process left
+    there (a controller that was killed; their processes died with it, PR_SET_PDEATHSIG). Later, this
+    process's own stages are either waiting, in use by a slot, or removed by `discard`/`move_into`."""
     with _LOCK:
-        owned = {w.stage for w, _ in _READY.values()}
-    for stage in warm_dir.iterdir():
-        if stage not in owned:
+        if warm_dir in _SWEPT:
+            return
+        _SWEPT.add(warm_dir)
+    if warm_dir.is_dir():
+        for stage in warm_dir.iterdir():
             shutil.rmtree(stage, ignore_errors=True)
 
 

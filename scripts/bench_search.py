@@ -9,7 +9,7 @@ RunState, Breeder, SQLite journal) with this slot in place of the runner; the ba
 same slot directly:
 
     evo        evo's defaults (the knob operator shares of evo/config.py)
-    evo-gp     evo with GP BO for every offline child      evo-tpe ... TPE     evo-cmaes ... CMA-ES
+    evo-tpe    evo with TPE for every offline child        evo-gp ... GP BO    evo-cmaes ... CMA-ES
     evo-random evo with random knob steps only (the operator before the knob studies)
     evo[k=v,..] evo with these config keys, e.g. evo[gp_share=0.7,tpe_share=0.3]
     greedy     keep-if-better from the seed (autoresearch's rule), random knob steps
@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import hashlib
+import json
 import math
 import random
 import re
@@ -303,28 +305,43 @@ def _one(name: str, evals: int, rep: int) -> float:
     return _LANDSCAPE.true(values)
 
 
+def cell_key(name: str, evals: int, reps: int, landscape_path: Path, noise: float) -> str:
+    """A cell's name in the --cache file: the strategy, the count, the repetitions and what the slot was
+    fitted to (the CSV's bytes and the noise), so a changed landscape never reuses an old cell. Cells
+    are deterministic given these (every random draw derives from the repetition), but a change to
+    evo's loop or defaults is not in the key: clear the cache after one."""
+    digest = hashlib.sha256(landscape_path.read_bytes()).hexdigest()[:12]
+    return f"{name}|{evals}|{reps}|{digest}|{noise:.6f}"
+
+
 def measure(landscape: Landscape, strategies: list[str], counts: list[int], reps: int, progress=print,
-            jobs: int = 1) -> dict:
-    """Every (strategy, count) cell over `reps` repetitions, on `jobs` worker processes."""
+            jobs: int = 1, cache: dict | None = None, key=None) -> dict:
+    """Every (strategy, count) cell over `reps` repetitions, on `jobs` worker processes; a cell found in
+    `cache` (under `key(name, evals)`) is taken from it, and every new one is added to it."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     global _LANDSCAPE
     _LANDSCAPE = landscape
+    cache = {} if cache is None else cache
+    key = key or (lambda name, evals: f"{name}|{evals}")
     start = time.time()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = {(name, evals): [pool.submit(_one, name, evals, rep) for rep in range(reps)]
-                   for name in strategies for evals in counts}
+                   for name in strategies for evals in counts if key(name, evals) not in cache}
         out = {}
-        for key, cell in futures.items():
-            trues = [f.result() for f in cell]
-            q1, median, q3 = np.percentile(trues, [25, 50, 75])
-            out[key] = r = {"median": float(median), "q1": float(q1), "q3": float(q3),
-                            "p_better": statistics.fmean(t < landscape.seed_true for t in trues),
-                            "false_crown": statistics.fmean(t > landscape.seed_true for t in trues),
-                            "seconds": time.time() - start}
-            progress(f"{key[0]:>10} evals={key[1]:<4} median {r['median']:.4f} [{r['q1']:.4f}, {r['q3']:.4f}] "
-                     f"better {r['p_better']:.2f} false_crown {r['false_crown']:.2f} ({r['seconds']:.0f} s so far)")
+        for cell in ((name, evals) for name in strategies for evals in counts):
+            if cell in futures:
+                trues = [f.result() for f in futures[cell]]
+                q1, median, q3 = np.percentile(trues, [25, 50, 75])
+                cache[key(*cell)] = {"median": float(median), "q1": float(q1), "q3": float(q3),
+                                     "p_better": statistics.fmean(t < landscape.seed_true for t in trues),
+                                     "false_crown": statistics.fmean(t > landscape.seed_true for t in trues),
+                                     "seconds": time.time() - start}
+            out[cell] = r = cache[key(*cell)]
+            progress(f"{cell[0]:>10} evals={cell[1]:<4} median {r['median']:.4f} [{r['q1']:.4f}, {r['q3']:.4f}] "
+                     f"better {r['p_better']:.2f} false_crown {r['false_crown']:.2f} "
+                     + (f"({r['seconds']:.0f} s so far)" if cell in futures else "(from the cache)"))
     return out
 
 
@@ -372,6 +389,8 @@ def main() -> int:
     ap.add_argument("--noise", type=float, help="the noise s.d. instead of the landscape's pooled one (a sensitivity check)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (the cells are independent)")
     ap.add_argument("--plot", help="write the figure here (e.g. docs/images/bench_search.png)")
+    ap.add_argument("--cache", help="a JSON file of measured cells: cells in it are not run again, new ones are "
+                                    "added (GP cells take minutes each)")
     args = ap.parse_args()
     landscape = Landscape(Path(args.landscape), GENOME.read_text())
     if args.noise is not None:
@@ -381,7 +400,12 @@ def main() -> int:
     strategies = ["evo", "greedy", "random", "tpe", "gp", "cmaes"] if args.quick else re.split(r",(?![^\[]*\])", args.strategies)
     print(f"landscape: {landscape.n_configs} configurations, noise s.d. {landscape.noise:.4f}, seed true "
           f"{landscape.seed_true:.4f}", flush=True)
-    results = measure(landscape, strategies, counts, reps, progress=lambda s: print(s, flush=True), jobs=args.jobs)
+    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
+    results = measure(landscape, strategies, counts, reps, progress=lambda s: print(s, flush=True), jobs=args.jobs,
+                      cache=cache, key=lambda name, evals: cell_key(name, evals, reps, Path(args.landscape),
+                                                                    landscape.noise))
+    if args.cache:
+        Path(args.cache).write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
     print(markdown(results, landscape, reps))
     if args.plot:
         plot(results, landscape, Path(args.plot))

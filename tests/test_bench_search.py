@@ -42,9 +42,14 @@ def made_up_landscape(path: Path, n: int = 40) -> None:
 def test_the_bench_runs_every_strategy_on_the_simulated_slot_and_prints_the_search_line(tmp_path):
     landscape = tmp_path / "landscape.csv"
     made_up_landscape(landscape)
-    out = subprocess.run([sys.executable, "scripts/bench_search.py", "--landscape", str(landscape), "--evals", "20",
-                          "--reps", "2", "--plot", str(tmp_path / "bench.png")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cache = tmp_path / "cells.json"
+
+    def bench():
+        return subprocess.run([sys.executable, "scripts/bench_search.py", "--landscape", str(landscape), "--evals",
+                               "20", "--reps", "2", "--plot", str(tmp_path / "bench.png"), "--cache", str(cache)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    out = bench()
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"search: evals=20 reps=2 evo=\d\.\d{4} greedy=\d\.\d{4} random=\d\.\d{4} tpe=\d\.\d{4} "
@@ -52,3 +57,8 @@ def test_the_bench_runs_every_strategy_on_the_simulated_slot_and_prints_the_sear
     for name in ("evo", "evo-gp", "evo-tpe", "evo-cmaes", "evo-random", "greedy", "random", "tpe", "gp", "cmaes"):
         assert any(line.startswith(f"| {name} | 20 |") for line in lines), name
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+    again = bench()  # every cell from the cache: the same table, nothing run again
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = [line for line in lines if line.startswith("|")]
+    assert [line for line in again.stdout.splitlines() if line.startswith("|")] == table
+    assert again.stdout.count("(from the cache)") == 10 and again.stdout.strip().splitlines()[-1] == lines[-1]
