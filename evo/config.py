@@ -133,7 +133,8 @@ class RunConfig:
     def from_dict(cls, saved: dict, overrides: dict | None = None) -> "RunConfig":
         """A journaled config (keys a newer evo dropped are ignored, keys it added take defaults, or
         what the run behaved as before they existed: `BEFORE_KEY`)."""
-        values = {**{k: v for k, v in BEFORE_KEY.items() if k not in saved}, **{k: v for k, v in saved.items() if k in KEYS}}
+        values = {k: v for k, v in BEFORE_KEY.items() if k not in saved}
+        values.update({k: v for k, v in saved.items() if k in KEYS})
         values.update({k.name: tuple(values[k.name]) for k in SCHEMA if k.type is tuple and k.name in values})
         values.setdefault("genomes", KEYS["genomes"].default)
         llm = LLMConfig.from_dict(saved.get("llm") or {})
@@ -162,7 +163,7 @@ SCHEMA = tuple(Key(f.name, type=type(f.default), default=f.default, **f.metadata
                for f in dataclasses.fields(RunConfig) if f.name != "llm")
 KEYS = {k.name: k for k in SCHEMA}
 BEFORE_KEY = {"gp_share": 0.0}  # a run journaled before this key existed behaves as with this value
-SHARES = ("gp_share", "tpe_share", "cmaes_share", "crossover_rate")  # of offline children; the rest: random knob steps
+SHARES = ("gp_share", "tpe_share", "cmaes_share", "crossover_rate")  # of offline children; the rest: random steps
 
 
 def _check(key: Key, value, where: str):

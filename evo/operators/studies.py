@@ -15,7 +15,7 @@ Operators (same calling convention as every operator, see evo/operators/__init__
   noisy landscape.
 - `CMAESSearch`: DEAP's CMA-ES over the unit embedding, its state replayed from the trials in
   batches of its population size (ints and choices rounded on the way out).
-Both keep away from failures: a proposal within FAILURE_RADIUS (unit embedding, every dimension) of
+All keep away from failures: a proposal within FAILURE_RADIUS (unit embedding, every dimension) of
 a configuration that failed (out of memory, a crash, a timeout) is drawn again.
 """
 from __future__ import annotations
