@@ -2,6 +2,7 @@
 end-to-end smoke run journals, logs, shows and exports what it did."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -297,6 +298,8 @@ def test_a_smoke_run_exits_0_and_journals_every_evaluation_with_status_and_score
     noise_repeats = cfg.PRESETS["smoke"]["noise_repeats"]
     starved: dict[str, int] = {}
     failed_before: set[str] = set()
+    starved_by_cpu = collections.Counter(json.loads(d)["genome_id"] for (d,) in db.execute(
+        "SELECT data FROM events WHERE kind = 'contended'"))
     for r in done:
         assert r["status"] in ("ok", "failed", "flagged"), dict(r)
         assert json.loads(r["result"])["status"] == r["status"]
@@ -308,6 +311,8 @@ def test_a_smoke_run_exits_0_and_journals_every_evaluation_with_status_and_score
             starved[r["genome_id"]] = starved.get(r["genome_id"], 0) + 1  # up to MAX_CONTENDED_RERUNS a genome
             if starved[r["genome_id"]] <= MAX_CONTENDED_RERUNS:
                 assert r["fitness"] is None, dict(r)
+        elif r["status"] == "ok" and r["fitness"] is None and starved_by_cpu[r["genome_id"]] > 0:
+            starved_by_cpu[r["genome_id"]] -= 1  # far less CPU than its other evaluations: run again, not scored
         elif r["done_seq"] < noise_repeats:  # scored once the last noise evaluation fixes the floor
             assert r["fitness"] is None and r["answer"] is None, dict(r)
         elif r["status"] == "ok" and r["genome_id"] in failed_before:  # a child that failed once is not trusted
