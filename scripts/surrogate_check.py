@@ -20,17 +20,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_search  # noqa: E402
-from evo.config import RunConfig  # noqa: E402
 from evo.operators.space import knob_space, structure_id  # noqa: E402
-from evo.run import JOURNAL_NAME  # noqa: E402
-from evo.journal import Journal  # noqa: E402
+from evo.run import open_run  # noqa: E402
 from evo.state import RunState  # noqa: E402
+from gpt.errors import UserError  # noqa: E402
 
 
 def pairs(run_dir: Path, landscape) -> list[tuple[str, str, int, float, float]]:
     """(genome id, operator, evaluations, measured - seed's measured, surrogate - seed's surrogate)."""
-    journal = Journal(run_dir / JOURNAL_NAME)
-    state = RunState.replay(RunConfig.from_dict(journal.get_meta("config")), journal)[0]
+    run = open_run(run_dir, readonly=True)  # a clear error for a path that is not a run; never written
+    journal = run.journal
+    state = RunState.replay(run.config, journal)[0]
     seed_id = state.seed_ids[0]
     structure = structure_id(journal.genome(seed_id).source)
     seed_mean, seed_true = state.records[seed_id].mean, landscape.true(knob_space(journal.genome(seed_id).source)[1])
@@ -49,7 +49,10 @@ def main() -> int:
     ap.add_argument("runs", nargs="+", help="run directories of genomes/tiny_cpu.py at the cpu-demo budget")
     args = ap.parse_args()
     landscape = bench_search.Landscape(bench_search.LANDSCAPE, bench_search.GENOME.read_text())
-    rows = [row for run in args.runs for row in pairs(Path(run), landscape)]
+    try:
+        rows = [row for run in args.runs for row in pairs(Path(run), landscape)]
+    except UserError as exc:
+        raise SystemExit(f"surrogate_check: {exc}") from None
     if len(rows) < 3:
         raise SystemExit("fewer than 3 evaluated children of the seed's structure in these runs")
     measured, predicted = [r[3] for r in rows], [r[4] for r in rows]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ LOCAL_SIGMA = 0.12  # a local step: N(0, 0.12) per dimension in the unit embeddi
 CMA_SIGMA = 0.2  # CMA-ES's initial step size in the unit embedding
 FAILURE_RADIUS = 0.08  # proposals this close to a failed configuration (every dimension) are redrawn
 ATTEMPTS = 30
+_TORCH_THREADS = threading.Lock()  # GP proposals pin torch to one thread, one proposal at a time
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,13 @@ def propose_gp(study: Study, rng: random.Random) -> dict:
     with one thread: the controller shares its machine with the slots that train."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return propose_optuna(study, rng, _gp_sampler)
-    finally:
-        torch.set_num_threads(threads)
+    with _TORCH_THREADS:  # the setting is process-wide; with an LLM, proposals run in several threads
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return propose_optuna(study, rng, _gp_sampler)
+        finally:
+            torch.set_num_threads(threads)
 
 
 class _Point(list):
