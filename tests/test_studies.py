@@ -181,3 +181,18 @@ def test_a_resumed_run_proposes_exactly_what_the_uninterrupted_run_does(tmp_path
     uninterrupted = _drive(evolution, 8)
     again = _drive(resumed(tmp_path / "b"), 8)
     assert again == uninterrupted
+
+
+def test_local_steps_read_their_step_size_when_they_step(monkeypatch):
+    """scripts/bench_search.py --set measures other step sizes by replacing LOCAL_SIGMA: a default bound at
+    import would ignore it (it did once, and a measurement came out identical to the default's)."""
+    from evo.operators import studies
+
+    study = _study(1)  # the seed alone: every step is centred on it
+    seed_unit = study.space.to_unit(study.trials[0].values)
+    monkeypatch.setattr(studies, "LOCAL_SIGMA", 1e-12)
+    with pytest.raises(OperatorFailure, match="every local step landed on a known configuration"):
+        studies.local_step(study, random.Random(0))
+    monkeypatch.setattr(studies, "LOCAL_SIGMA", 0.3)
+    far = studies.local_step(study, random.Random(0))
+    assert max(abs(a - b) for a, b in zip(study.space.to_unit(far), seed_unit)) > 0.05

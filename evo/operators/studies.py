@@ -87,8 +87,9 @@ def _acceptable(study: Study, values: dict) -> bool:
     return not study.near_failure(values) and not study.seen(values)
 
 
-def local_step(study: Study, rng: random.Random, sigma: float = LOCAL_SIGMA) -> dict:
+def local_step(study: Study, rng: random.Random) -> dict:
     """A configuration near the study's best (or its first trial): Gaussian steps in the unit embedding."""
+    sigma = LOCAL_SIGMA
     centre = (study.best() or list(study.trials))[0].values
     point = study.space.to_unit(centre)
     for _ in range(ATTEMPTS):
