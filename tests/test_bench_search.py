@@ -56,9 +56,24 @@ def test_the_bench_runs_every_strategy_on_the_simulated_slot_and_prints_the_sear
                         r"cmaes=\d\.\d{4} false_crown=\d\.\d\d", lines[-1]), lines[-1]
     for name in ("evo", "evo-gp", "evo-tpe", "evo-cmaes", "evo-random", "greedy", "random", "tpe", "gp", "cmaes"):
         assert any(line.startswith(f"| {name} | 20 |") for line in lines), name
+    header = next(line for line in lines if line.startswith("| strategy |"))
+    assert "P(better by > noise s.d.)" in header
+    for row in (line for line in lines if re.match(r"\| [a-z-]+ \| 20 \|", line)):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        better, found, false_crown = float(cells[4]), float(cells[5]), float(cells[6])
+        assert 0.0 <= found <= better <= 1.0 and better + false_crown <= 1.0, row  # found: better by a margin
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     again = bench()  # every cell from the cache: the same table, nothing run again
     assert again.returncode == 0, again.stderr[-3000:]
     table = [line for line in lines if line.startswith("|")]
     assert [line for line in again.stdout.splitlines() if line.startswith("|")] == table
     assert again.stdout.count("(from the cache)") == 10 and again.stdout.strip().splitlines()[-1] == lines[-1]
+
+
+def test_a_bad_set_names_itself_and_the_form_to_use_and_measures_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "scripts/bench_search.py", "--set", "evo.operators.studies.NO_SUCH=1",
+                          "--cache", str(tmp_path / "cells.json")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "NO_SUCH" in out.stderr and "MODULE.NAME=VALUE" in out.stderr
+    assert not (tmp_path / "cells.json").exists()

@@ -89,11 +89,10 @@ def _acceptable(study: Study, values: dict) -> bool:
 
 def local_step(study: Study, rng: random.Random) -> dict:
     """A configuration near the study's best (or its first trial): Gaussian steps in the unit embedding."""
-    sigma = LOCAL_SIGMA
     centre = (study.best() or list(study.trials))[0].values
     point = study.space.to_unit(centre)
     for _ in range(ATTEMPTS):
-        values = study.space.from_unit([u + rng.gauss(0.0, sigma) for u in point])
+        values = study.space.from_unit([u + rng.gauss(0.0, LOCAL_SIGMA) for u in point])
         if _acceptable(study, values):
             return values
     raise OperatorFailure("every local step landed on a known configuration or near a failure")
