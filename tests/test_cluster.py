@@ -163,7 +163,8 @@ worker_setup = ["source /shared/evo/.venv/bin/activate"]
 
 def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text('[slots]\ndask_scheduler = "tcp://127.0.0.1:9"\n')
+    # a short wait: the connect timeout is its floor of 20 s, not the 60 s default
+    config.write_text('[slots]\ndask_scheduler = "tcp://127.0.0.1:9"\nscheduler_wait_s = 3\n')
     from evo import config as cfg
     from evo.cluster import open_dask_pool
 
@@ -248,7 +249,7 @@ def test_run_on_hidden_workers_survives_a_worker_killed_mid_evaluation(tmp_path_
                               [str(tmp_path), data_env["EVO_DATA_DIR"]])
             assert all(v == [False, False] for v in seen.values()), seen  # as on other machines
 
-        evals = 6
+        evals = 4
         run = subprocess.Popen([sys.executable, "-m", "evo.cli", "run", "--config",
                                 str(_run_config(tmp_path, small_source, procs.address, evals)), "--quiet"],
                                env=data_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -19,7 +19,7 @@ from llm_server import LLMServer, answer, prompt_text
 
 STEPS = Path(__file__).resolve().parent / "genomes" / "evo_steps.py"
 LR = re.compile(r"^(LEARNING_RATE\s*=\s*)([0-9.eE+-]+)(.*)$", re.M)
-EVALS, FIRST_SESSION = 8, 4
+EVALS, FIRST_SESSION = 6, 3
 
 
 def deterministic_answer(request: dict):

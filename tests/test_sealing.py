@@ -75,6 +75,7 @@ def stdlib_only_manifest():
 
 ATTACK = """
 import bz2, gzip, importlib.util, json, linecache, lzma, os, sys
+import numpy as np
 SNIPPETS = [s.encode() for s in {snippets!r}]
 found, opened, scanned = [], {{}}, 0
 import gpt
@@ -86,10 +87,27 @@ spec = importlib.util.find_spec("gpt.corpus")
 opened["find_spec"] = str(spec)
 opened["linecache"] = len(linecache.getlines(os.path.join(here, "corpus", "README.md")))
 
+# A fast exact search for 120 snippets in 2 GB: every occurrence of a snippet (>= 16 bytes) covers an
+# 8-aligned 8-byte word of the file equal to one of the snippet's 8 words at offsets 0..7. So look the
+# file's aligned words up in a hashed bitmap of those words, then confirm each candidate with `in`.
+WORDS = {{}}
+for i, s in enumerate(SNIPPETS):
+    for k in range(8):
+        WORDS.setdefault(int.from_bytes(s[k:k + 8], "little"), set()).add(i)
+MULT, BITS = np.uint64(0x9E3779B97F4A7C15), 22
+def slot_of(words):
+    return (words * MULT) >> np.uint64(64 - BITS)
+TABLE = np.zeros(1 << BITS, dtype=bool)
+TABLE[slot_of(np.array(list(WORDS), dtype=np.uint64))] = True
+
 def check(path, data):
-    for s in SNIPPETS:
-        if s in data:
-            found.append([path, s.decode()])
+    words = np.frombuffer(data, dtype="<u8", count=len(data) // 8)
+    candidates = set()
+    for word in np.unique(words[TABLE[slot_of(words)]]).tolist():
+        candidates |= WORDS.get(word, set())
+    for i in sorted(candidates):
+        if SNIPPETS[i] in data:
+            found.append([path, SNIPPETS[i].decode()])
 
 own = os.getcwd()  # its own work dir holds this source, snippets and all
 for top in ("/",):
@@ -103,10 +121,11 @@ for top in ("/",):
                 if os.path.islink(path) or os.path.getsize(path) > 8 * 2**20:
                     continue
                 with open(path, "rb") as f:
+                    if f.read(4) == b"\\x7fELF":
+                        continue
+                    f.seek(0)
                     data = f.read()
             except OSError:
-                continue
-            if data[:4] == b"\\x7fELF":
                 continue
             scanned += 1
             for opener in (gzip.decompress, lzma.decompress, bz2.decompress):
@@ -149,11 +168,16 @@ def test_an_attacker_who_searches_every_readable_file_finds_no_eval_document_of_
 
 
 def test_the_attack_finds_the_snippets_where_they_are_readable(default_dataset, tmp_path):
-    """The search itself works: run outside the sandbox, on a folder holding an eval document."""
+    """The search itself works: run outside the sandbox, on a folder holding eval text at every byte
+    offset modulo 8 (the fast search looks up aligned words), one copy gzipped."""
+    import gzip
+
     snippets = eval_snippets(default_dataset, n=3)
     folder = tmp_path / "plain"
     folder.mkdir()
-    (folder / "copy.txt").write_text("prefix " + snippets[0] + " suffix")
+    for offset in range(8):
+        (folder / f"copy{offset}.txt").write_text("x" * offset + snippets[offset % 3] + " suffix")
+    (folder / "packed.gz").write_bytes(gzip.compress(("prefix " + snippets[1]).encode()))
     source = textwrap.dedent(ATTACK.format(snippets=snippets)).replace('for top in ("/",)', f"for top in ({str(folder)!r},)")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     import subprocess
@@ -161,7 +185,8 @@ def test_the_attack_finds_the_snippets_where_they_are_readable(default_dataset, 
 
     proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env, timeout=120)
     report = json.loads(proc.stdout.split("REDTEAM ", 1)[1])
-    assert report["found"] and report["found"][0][0].endswith("copy.txt")
+    found = {(Path(path).name, snippet) for path, snippet in report["found"]}
+    assert found == {(f"copy{k}.txt", snippets[k % 3]) for k in range(8)} | {("packed.gz", snippets[1])}, found
 
 
 def test_evo_run_refuses_an_unsealable_source_and_writes_nothing(evo_cli, tmp_path):
