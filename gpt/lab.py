@@ -31,7 +31,7 @@ import torch
 from gpt import artifact
 
 from gpt.protocol import (  # noqa: F401  (the wire between this module and the runner)
-    CLOCK_FD_ENV, DEFAULT_EVAL_SEQ_LEN, EXPORT_ERROR_NAME, SPEC_ENV, STANDALONE_BUDGET_S, STARTUP_ALLOWANCE_S,
+    CLOCK_FD_ENV, DEFAULT_EVAL_SEQ_LEN, EVAL_BATCH, EXPORT_ERROR_NAME, SPEC_ENV, STANDALONE_BUDGET_S, STARTUP_ALLOWANCE_S,
     SlotSpec)
 
 
@@ -102,22 +102,22 @@ class Run:
 
 
 def export_model(model: torch.nn.Module, eval_seq_len: int, device: str):
-    """torch.export the model with dynamic batch and sequence dimensions up to `eval_seq_len`."""
+    """torch.export the model at the one shape the scorer feeds it, [EVAL_BATCH, eval_seq_len].
+    A static shape: exporting with symbolic batch and sequence dimensions took 4-5 times as long
+    (about 1 s of a CPU slot's overhead) for shapes the scorer never uses."""
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"submit() needs a torch.nn.Module, got {type(model).__name__}")
     model.eval()
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    seq = torch.export.Dim("seq", min=1, max=eval_seq_len)
-    example = torch.zeros(2, min(16, eval_seq_len), dtype=torch.long, device=device)
+    example = torch.zeros(EVAL_BATCH, eval_seq_len, dtype=torch.long, device=device)
     try:
         with torch.no_grad():
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch, 1: seq},))
+            return torch.export.export(model, (example,))
     except Exception as exc:
         raise ExportError(
             f"the model could not be exported with torch.export ({type(exc).__name__}: {str(exc)[:2000]}).\n"
             "The genome must change its model so that forward(idx) is traceable: take one LongTensor "
-            f"[B, T] with any B and any T <= {eval_seq_len}, return logits [B, T, vocab_size], avoid "
+            f"[B, T] ({EVAL_BATCH} x {eval_seq_len} when scored), return logits [B, T, vocab_size], avoid "
             "Python control flow on tensor values and data-dependent shapes, and size position tables "
             f"to at least {eval_seq_len}."
         ) from exc

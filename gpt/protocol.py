@@ -17,6 +17,9 @@ STANDALONE_BUDGET_S = 30.0
 # comes out of the budget (work done before connect is training outside the clock otherwise).
 STARTUP_ALLOWANCE_S = 10.0
 DEFAULT_EVAL_SEQ_LEN = 256
+# Rows per scorer call: every batch the scorer feeds has exactly this many rows (short ones are
+# padded), so the harness exports the model at this one shape and a probe cannot be told by its size.
+EVAL_BATCH = 32
 
 
 @dataclass(frozen=True)

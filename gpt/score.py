@@ -9,8 +9,9 @@ imports torch before reading stdin so the slot runner can start it early.
 The metric: bits per byte on the split's *documents only* (`Dataset.text_tokens`: the planted
 canaries are cut out of the stream), in windows of `seq_len` that start 2 x `seq_len` apart
 (no row holds another row's answer), in a secret order,
-`eval_tokens` target tokens per split, batches of SCORE_BATCH rows. Every result says how
-many tokens it scored.
+`eval_tokens` target tokens per split, batches of exactly SCORE_BATCH rows (the shape the model
+was exported at: a short batch is padded with copies of its own rows, which carry no text the
+batch does not already hold). Every result says how many tokens it scored.
 
 Probes run on batches of the same shape as scoring, in an order shuffled by the request's
 `probe_seed` (drawn by the runner per evaluation; the genome never sees it), so a model
@@ -41,9 +42,10 @@ import torch
 from gpt import artifact
 from gpt.result import SCORER_FIELDS, SlotResult
 from gpt.data import CANARY_PREFIX, Dataset, canary_text
+from gpt.protocol import EVAL_BATCH
 
 DEFAULT_EVAL_TOKENS = 32768
-SCORE_BATCH = 32
+SCORE_BATCH = EVAL_BATCH
 CAUSALITY_TOL = 1e-3
 # Planted canaries must beat the controls by CANARY_MIN_GAP_BITS bits per byte AND by
 # CANARY_SIGMAS standard errors to fail the probe. Calibrated on a 400 KB text corpus
@@ -79,13 +81,21 @@ def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str, targets: torch.Tensor | None = None) -> torch.Tensor:
+def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str, targets: torch.Tensor | None = None,
+                batch_size: int = SCORE_BATCH) -> torch.Tensor:
     """Negative log-likelihood (nats, float64, on the CPU) of every target of (seq_len + 1)-token rows:
-    the model reads rows[:, :-1]; the targets are rows[:, 1:], or `targets` when given."""
+    the model reads rows[:, :-1]; the targets are rows[:, 1:], or `targets` when given. A batch of
+    fewer than `batch_size` rows is fed padded with copies of its own rows (a copy holds nothing its
+    row does not, and a static-shape graph accepts only full batches); the copies are not scored."""
+    n = len(rows)
+    if n < batch_size:
+        cycle = torch.arange(batch_size) % n
+        rows = rows[cycle]
+        targets = None if targets is None else targets[cycle]
     chunk = rows.to(device)
     lp = _log_probs(fn, chunk[:, :-1], vocab_size)
     y = (chunk if targets is None else targets.to(device))[:, 1:]
-    return -lp.gather(-1, y.unsqueeze(-1)).squeeze(-1).double().cpu()
+    return -lp.gather(-1, y.unsqueeze(-1)).squeeze(-1).double().cpu()[:n]
 
 
 def windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
@@ -102,7 +112,8 @@ def bits_per_byte(fn, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int,
     """Sum of target-token negative log2-likelihoods over the sum of their byte lengths."""
     w = torch.from_numpy(windows(tokens, seq_len, n_tokens))
     tb = torch.from_numpy(token_bytes)
-    nats = sum(float(_target_nll(fn, w[i:i + batch_size], vocab_size, device).sum()) for i in range(0, len(w), batch_size))
+    nats = sum(float(_target_nll(fn, w[i:i + batch_size], vocab_size, device, batch_size=batch_size).sum())
+               for i in range(0, len(w), batch_size))
     return nats / math.log(2) / int(tb[w[:, 1:]].sum())
 
 
@@ -219,7 +230,7 @@ def graph_mutations(program) -> list[str]:
 @dataclass
 class Plan:
     """Every batch one evaluation runs, in a secret order: scoring, canary, causality and repeat batches
-    all have SCORE_BATCH rows (or fewer, at a split's end) of seq_len + 1 tokens."""
+    all have SCORE_BATCH rows (or fewer, at a split's end, fed padded) of seq_len + 1 tokens."""
 
     batches: list  # (kind, split, index, rows tensor, targets: the rows whose [:, 1:] are scored, or None)
     twins: dict  # (split, index) -> (row permutation, cuts): each scoring batch's causality twin

@@ -127,8 +127,8 @@ def test_layer_windows_pattern():
 
 
 def test_toy_genome_trains_submits_and_scores_ok(tmp_path, small_dataset):
-    """The whole slot on the CPU: train a few seconds, torch.export with dynamic batch and
-    seq up to 256 (past SEQ_LEN 64: rotary tables and masks follow T), score, and pass
+    """The whole slot on the CPU: train a few seconds, torch.export at the scoring shape,
+    32 x 256 (past SEQ_LEN 64: rotary tables and masks follow T), score, and pass
     causality (short windows, value embeddings), canary and stateless."""
     from gpt.runner import SlotJob, run_slot
 

@@ -444,3 +444,21 @@ def test_no_scored_token_is_a_canary_token(small_dataset):
     assert len(text) == len(tokens) - int((spans[:, 1] - spans[:, 0]).sum())
     decoded = small_dataset.tokenizer.decode(text)
     assert "# canary " not in decoded
+
+
+def test_a_short_batch_is_fed_padded_to_the_exported_shape_and_scores_as_its_rows_alone(small_dataset, tmp_path):
+    """The model is exported at [SCORE_BATCH, seq_len] only; 40 windows make a batch of 32 and one of 8, which
+    the scorer pads with copies of its own rows. The padded score equals the plain module's on the 40 rows."""
+    model = OneAttention(causal=True).eval()
+    folder = save(model, tmp_path / "static")
+    _, module = artifact.load(folder)
+    with pytest.raises(Exception):
+        module(torch.zeros(8, SEQ_LEN, dtype=torch.long))  # a static graph refuses a short batch
+    n_tokens = 40 * SEQ_LEN
+    result = S.score(request(folder, small_dataset, eval_tokens=n_tokens))
+    assert (result.status, result.causality, result.stateless) == ("ok", "pass", "pass")
+    assert result.scoring["val_tokens"] == 40 * SEQ_LEN
+    tokens = np.asarray(small_dataset.text_tokens("val"))
+    token_bytes = small_dataset.tokenizer.token_bytes()
+    plain = S.bits_per_byte(model, tokens, token_bytes, SEQ_LEN, n_tokens, VOCAB, "cpu", batch_size=40)
+    assert result.val_bpb == pytest.approx(plain, rel=1e-5)
