@@ -70,6 +70,7 @@ class Training:
 
 
 _LIVE_SLOTS: dict = {}  # pid -> (Popen, SlotProcesses) of every genome process running now
+_RUN_BY: dict = {}  # pid -> the thread that handed that genome its job (a warm one has none until then)
 _LIVE_LOCK = threading.Lock()
 
 
@@ -79,6 +80,16 @@ def kill_all_slots() -> None:
         live = list(_LIVE_SLOTS.values())
     for proc, procs in live:
         stop_slot(proc, procs)
+
+
+def stop_slots_run_by(thread_id: int) -> int:
+    """End the genome the thread `thread_id` is running (a cancelled Dask job's), not its neighbours';
+    returns how many were ended. The job then finishes at once, as a crash nobody reads."""
+    with _LIVE_LOCK:
+        live = [_LIVE_SLOTS[pid] for pid, owner in _RUN_BY.items() if owner == thread_id and pid in _LIVE_SLOTS]
+    for proc, procs in live:
+        stop_slot(proc, procs)
+    return len(live)
 
 
 def genome_env(spec_path: Path, work: Path, threads: int, extra: dict, token: str | None = None) -> dict:
@@ -191,6 +202,8 @@ class GenomeProcess:
             raise
 
     def _run(self, job: SlotJob, out: Path) -> Training:
+        with _LIVE_LOCK:
+            _RUN_BY[self.proc.pid] = threading.get_ident()
         shutil.copyfile(job.genome, self.work / "genome.py")
         asked = time.monotonic()
         self.clock.ready.wait(STARTER_WAIT_S)  # a cold start waits for its imports here, a warm one not at all
@@ -232,6 +245,7 @@ class GenomeProcess:
         stop_slot(self.proc, self.procs)
         with _LIVE_LOCK:
             _LIVE_SLOTS.pop(self.proc.pid, None)
+            _RUN_BY.pop(self.proc.pid, None)
         processes.unregister_child(self.proc.pid)
 
 

@@ -20,6 +20,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -210,6 +211,7 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         scratch = Path(tempfile.mkdtemp(prefix="slot-", dir=worker_root() / "slots"))
     except (RuntimeError, OSError) as exc:
         return RemoteOutcome(worker=identity(), data_error=str(exc))
+    watch = _CancelWatch()
     try:
         genome = scratch / "genome.py"
         genome.write_text(remote.genome_source)
@@ -224,7 +226,43 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         files = {name: (out / name).read_bytes() for name in RETURNED_FILES if (out / name).is_file()}
         return RemoteOutcome(result=result.to_dict(), files=files, worker=result.worker)
     finally:
+        watch.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _CancelWatch(threading.Thread):
+    """Ends this call's genome once the controller cancels its Dask task (the run stopped, or the job
+    was given up): Dask cannot stop a running task, so without this the genome would hold its slot, GPU
+    included, until its budget and grace ran out. Outside a Dask worker it does nothing."""
+
+    POLL_S = 0.5
+
+    def __init__(self):
+        super().__init__(daemon=True, name="evo-cancel-watch")
+        self.runner = threading.get_ident()
+        self._halt = threading.Event()
+        try:
+            from distributed import get_worker
+            from distributed.worker import thread_state
+
+            self.worker, self.key = get_worker(), thread_state.key
+        except (ImportError, ValueError, AttributeError):  # not a Dask task
+            return
+        self.start()
+
+    def cancelled(self) -> bool:
+        task = self.worker.state.tasks.get(self.key)
+        return task is None or task.state in ("cancelled", "released", "forgotten")
+
+    def run(self) -> None:
+        from gpt.training import stop_slots_run_by
+
+        while not self._halt.wait(self.POLL_S):
+            if self.cancelled():
+                stop_slots_run_by(self.runner)
+
+    def stop(self) -> None:
+        self._halt.set()
 
 
 _SEALED: set = set()  # (dataset folder, requested level) found sealed by this worker process

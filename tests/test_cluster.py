@@ -332,3 +332,52 @@ def test_a_lost_scheduler_stops_the_run_resumably_and_a_new_one_finishes_it(tmp_
         assert len(slots) == 4 and slots[-1] == "w1/cpu"
     finally:
         procs.close()
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line contains `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state not in ("Z", "X"):
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_ends_its_genome_on_the_worker_at_once(dask_processes, small_dataset, tmp_path):
+    """Dask cannot stop a running task: the worker's own watch ends the genome when the controller cancels
+    the job (here: the run shuts its pool down), instead of leaving it on its slot for the budget and grace."""
+    from distributed import Client
+
+    from gpt.job import SlotJob
+
+    genome = REPO / "tests" / "genomes" / "loops_forever.py"  # connects, then sleeps; its children carry its work dir
+    dask_processes.add_worker("w0")
+    worker_dir = str((tmp_path / "worker-w0").resolve())
+    with Client(dask_processes.address, timeout="30s") as client:
+        _wait_workers(client, 1)
+        pool = DaskSlotPool(client, small_dataset.path, wait_s=5, note=lambda _: None, sealed=False)
+        job = SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "out"), budget_s=300,
+                      grace_s=60, static_checks=False)
+        pool.submit(pool.free()[0], job)
+        deadline = time.monotonic() + 120
+        while not _processes_naming(worker_dir + "/slots/") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the genome is past its imports and sleeping on its 300 s budget
+        running = _processes_naming(worker_dir + "/slots/")
+        assert running, "the job never started on the worker"
+        cancelled = time.monotonic()
+        pool.shutdown()
+        while _processes_naming(worker_dir + "/slots/") and time.monotonic() < cancelled + 30:
+            time.sleep(0.2)
+        left = _processes_naming(worker_dir + "/slots/")
+        took = time.monotonic() - cancelled
+    assert not left, f"the cancelled genome still runs on the worker: pids {left}"
+    assert took < 15, took
+    assert dask_processes.workers["w0"].poll() is None  # the worker itself lives on for the next run
