@@ -230,7 +230,8 @@ def graph_mutations(program) -> list[str]:
 @dataclass
 class Plan:
     """Every batch one evaluation runs, in a secret order: scoring, canary, causality and repeat batches
-    all have SCORE_BATCH rows (or fewer, at a split's end, fed padded) of seq_len + 1 tokens."""
+    all have SCORE_BATCH rows of seq_len + 1 tokens (a short scoring batch, at a split's end, is fed
+    padded with copies of its rows; a short canary batch is filled here with the split's scoring windows)."""
 
     batches: list  # (kind, split, index, rows tensor, targets: the rows whose [:, 1:] are scored, or None)
     twins: dict  # (split, index) -> (row permutation, cuts): each scoring batch's causality twin
@@ -264,7 +265,10 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
             twins[(split, index)] = (perm, cuts)
         c = canaries[split] = canary_rows(dataset, split, seq_len)
         for i in range(0, len(c.rows), SCORE_BATCH):
-            batches.append(("canary", split, i // SCORE_BATCH, c.rows[i:i + SCORE_BATCH], None))
+            rows = c.rows[i:i + SCORE_BATCH]
+            if len(rows) < SCORE_BATCH:  # filled with scoring windows: neither its size nor repeats show canaries
+                rows = torch.cat([rows, w[:SCORE_BATCH - len(rows)]])
+            batches.append(("canary", split, i // SCORE_BATCH, rows, None))
     scoring = [b for b in batches if b[0] == "score"]
     rep = scoring[int(rng.integers(len(scoring)))]
     batches.append(("repeat", rep[1], rep[2], rep[3], None))
@@ -388,6 +392,7 @@ def _canary(nll: dict, work: Plan, token_bytes: torch.Tensor) -> dict:
     out = {"pass": True}
     for split, c in work.canaries.items():
         losses = torch.cat([nll[k] for k in sorted(k for k in nll if k[0] == "canary" and k[1] == split)])
+        losses = losses[:len(c.rows)]  # the last batch's filler rows are not canaries
         byte_len = token_bytes[c.rows[:, 1:]].double()
         bits = ((losses * c.scored).sum(1) / math.log(2) / (byte_len * c.scored).sum(1)).numpy()
         planted = np.array([b for b, (who, _) in zip(bits, c.owner) if who == "planted"])

@@ -462,3 +462,27 @@ def test_a_short_batch_is_fed_padded_to_the_exported_shape_and_scores_as_its_row
     token_bytes = small_dataset.tokenizer.token_bytes()
     plain = S.bits_per_byte(model, tokens, token_bytes, SEQ_LEN, n_tokens, VOCAB, "cpu", batch_size=40)
     assert result.val_bpb == pytest.approx(plain, rel=1e-5)
+
+
+def test_every_planned_batch_is_full_and_a_short_canary_batch_is_filled_with_scoring_windows(small_dataset, tmp_path,
+                                                                                         monkeypatch):
+    """A short canary batch would show by its size (or, padded with copies, by its repeated rows) that it
+    holds canaries; it is filled with windows the split scores instead, and only the canary rows count."""
+    whole = S.canary_rows
+
+    def fewer(dataset, split, seq_len):  # a split with fewer canary rows than a multiple of the batch
+        c = whole(dataset, split, seq_len)
+        return S.CanaryRows(c.rows[:80], c.scored[:80], c.owner[:80])
+
+    monkeypatch.setattr(S, "canary_rows", fewer)
+    work = S.plan(small_dataset, ["val"], SEQ_LEN, EVAL_TOKENS, probe_seed=3)
+    assert all(len(rows) == S.SCORE_BATCH for _, _, _, rows, _ in work.batches)
+    scoring = {tuple(r.tolist()) for kind, _, _, rows, _ in work.batches if kind == "score" for r in rows}
+    last = max((b for b in work.batches if b[0] == "canary"), key=lambda b: b[2])[3]
+    real = 80 % S.SCORE_BATCH
+    assert len({tuple(r.tolist()) for r in last}) == S.SCORE_BATCH  # no repeated row gives it away
+    assert all(tuple(r.tolist()) in scoring for r in last[real:])
+    assert not any(tuple(r.tolist()) in scoring for r in last[:real])
+    result = score_model(ConstantLogits(torch.zeros(VOCAB)), small_dataset, tmp_path)
+    assert (result.status, result.canary) == ("ok", "pass")
+    assert result.probes["canary"]["val"]["control_bits"] == pytest.approx(8.0, abs=1e-6)
