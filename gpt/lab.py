@@ -31,8 +31,8 @@ import torch
 from gpt import artifact
 
 from gpt.protocol import (  # noqa: F401  (the wire between this module and the runner)
-    CLOCK_FD_ENV, DEFAULT_EVAL_SEQ_LEN, EVAL_BATCH, EXPORT_ERROR_NAME, SPEC_ENV, STANDALONE_BUDGET_S, STARTUP_ALLOWANCE_S,
-    SlotSpec)
+    CLOCK_FD_ENV, DEFAULT_EVAL_SEQ_LEN, EVAL_BATCH, EXPORT_ERROR_NAME, SPEC_ENV, STANDALONE_BUDGET_S,
+    STARTUP_ALLOWANCE_S, SlotSpec)
 
 
 class ExportError(RuntimeError):

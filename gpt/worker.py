@@ -262,7 +262,10 @@ class _CancelWatch(threading.Thread):
                 stop_slots_run_by(self.runner)
 
     def stop(self) -> None:
+        """Called as the job ends: no check of this job outlives it (the thread's next job is not this one's)."""
         self._halt.set()
+        if self.is_alive():
+            self.join(timeout=5)
 
 
 _SEALED: set = set()  # (dataset folder, requested level) found sealed by this worker process

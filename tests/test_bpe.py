@@ -128,7 +128,7 @@ def test_bits_per_byte_matches_byte_level_on_a_known_answer(tok, small_docs):
         rest = torch.log((1 - p) / (tok.vocab_size - 1))
         logits = rest[:, None].expand(len(target), tok.vocab_size).clone()
         logits[torch.arange(len(target)), target] = torch.from_numpy(log_p[bpe_ids[1:]])
-        return logits.float()[None]
+        return logits.float()[None].expand(len(x), -1, -1)  # the scorer feeds full batches: the row, padded
 
     n_b, n_t = len(byte_ids) - 1, len(bpe_ids) - 1
     got_bytes = bits_per_byte(byte_model, byte_ids, ByteTokenizer().token_bytes(), n_b, n_b, 256, "cpu")

@@ -53,6 +53,7 @@ eval_tokens = 2048
 contended_share = 0.0
 [fitness]
 noise_repeats = 2
+max_candidate_evals = 2  # a candidate takes at most one re-evaluation: 6 evaluations hold children of both kinds
 [llm]
 share = 0.6
 crossover_rate = 0.3

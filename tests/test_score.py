@@ -486,3 +486,22 @@ def test_every_planned_batch_is_full_and_a_short_canary_batch_is_filled_with_sco
     result = score_model(ConstantLogits(torch.zeros(VOCAB)), small_dataset, tmp_path)
     assert (result.status, result.canary) == ("ok", "pass")
     assert result.probes["canary"]["val"]["control_bits"] == pytest.approx(8.0, abs=1e-6)
+
+
+class CopyPeek(nn.Module):
+    """The attack on padding a short batch with copies: where another row of the batch equals this one, put
+    nearly all the probability on that copy's next token. Uniform logits otherwise."""
+
+    def forward(self, idx):
+        same = (idx[:, None, :] == idx[None, :, :]).all(-1) & ~torch.eye(idx.shape[0], dtype=torch.bool)
+        upcoming = F.one_hot(torch.cat([idx[:, 1:], idx[:, :1]], 1), VOCAB).float()  # each row's next token
+        seen = torch.einsum("bc,ctv->btv", same.float(), upcoming)
+        return 30.0 * (seen > 0).float()
+
+
+def test_a_model_that_reads_the_next_token_off_a_padding_copy_is_flagged_by_causality(small_dataset, tmp_path):
+    """40 windows: a batch of 32 and one of 8 fed with 24 copies. The copy-reader predicts those 8 rows almost
+    perfectly (a real gain), but its twin is padded with copies of the altered rows, so the prefix moves."""
+    result = score_model(CopyPeek(), small_dataset, tmp_path, eval_tokens=40 * SEQ_LEN)
+    assert result.val_bpb < 7.0  # 8 bits on 32 rows, near 0 on the 8 padded ones: the attack gains
+    assert result.status == "flagged" and result.causality == "fail", (result.status, result.reason)
