@@ -10,8 +10,9 @@ The metric: bits per byte on the split's *documents only* (`Dataset.text_tokens`
 canaries are cut out of the stream), in windows of `seq_len` that start 2 x `seq_len` apart
 (no row holds another row's answer), in a secret order,
 `eval_tokens` target tokens per split, batches of exactly SCORE_BATCH rows (the shape the model
-was exported at: a short batch is padded with copies of its own rows, which carry no text the
-batch does not already hold). Every result says how many tokens it scored.
+was exported at: a short scoring batch is padded with copies of its own rows, which carry no text
+the batch does not already hold; a short canary batch is filled with scoring windows). Every
+result says how many tokens it scored.
 
 Probes run on batches of the same shape as scoring, in an order shuffled by the request's
 `probe_seed` (drawn by the runner per evaluation; the genome never sees it), so a model
