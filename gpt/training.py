@@ -69,8 +69,7 @@ class Training:
     starter_wait_s: float  # how long the job waited for the starter's imports (about 0 when warm)
 
 
-_LIVE_SLOTS: dict = {}  # pid -> (Popen, SlotProcesses) of every genome process running now
-_RUN_BY: dict = {}  # pid -> the thread that handed that genome its job (a warm one has none until then)
+_LIVE_SLOTS: dict = {}  # pid -> the GenomeProcess of every genome process running now
 _LIVE_LOCK = threading.Lock()
 
 
@@ -78,18 +77,17 @@ def kill_all_slots() -> None:
     """End every running slot of this process (Ctrl-C in the controller): nothing is left running."""
     with _LIVE_LOCK:
         live = list(_LIVE_SLOTS.values())
-    for proc, procs in live:
-        stop_slot(proc, procs)
+    for genome in live:
+        stop_slot(genome.proc, genome.procs)
 
 
-def stop_slots_run_by(thread_id: int) -> int:
-    """End the genome the thread `thread_id` is running (a cancelled Dask job's), not its neighbours';
-    returns how many were ended. The job then finishes at once, as a crash nobody reads."""
+def stop_slots_run_by(thread_id: int) -> None:
+    """End the genome the thread `thread_id` is running (a cancelled Dask job's), not its neighbours'.
+    The job then finishes at once, as a crash nobody reads."""
     with _LIVE_LOCK:
-        live = [_LIVE_SLOTS[pid] for pid, owner in _RUN_BY.items() if owner == thread_id and pid in _LIVE_SLOTS]
-    for proc, procs in live:
-        stop_slot(proc, procs)
-    return len(live)
+        live = [genome for genome in _LIVE_SLOTS.values() if genome.run_by == thread_id]
+    for genome in live:
+        stop_slot(genome.proc, genome.procs)
 
 
 def genome_env(spec_path: Path, work: Path, threads: int, extra: dict, token: str | None = None) -> dict:
@@ -187,8 +185,9 @@ class GenomeProcess:
                                     pass_fds=(self.clock.write_fd,))
         self.clock.start()
         self.procs = processes.SlotProcesses(self.token, root_pid=self.proc.pid)
+        self.run_by: int | None = None  # set when a job hands it over (a warm one waits with none)
         with _LIVE_LOCK:
-            _LIVE_SLOTS[self.proc.pid] = (self.proc, self.procs)
+            _LIVE_SLOTS[self.proc.pid] = self
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -202,8 +201,7 @@ class GenomeProcess:
             raise
 
     def _run(self, job: SlotJob, out: Path) -> Training:
-        with _LIVE_LOCK:
-            _RUN_BY[self.proc.pid] = threading.get_ident()
+        self.run_by = threading.get_ident()  # the thread whose job this genome runs (a cancel ends it)
         shutil.copyfile(job.genome, self.work / "genome.py")
         asked = time.monotonic()
         self.clock.ready.wait(STARTER_WAIT_S)  # a cold start waits for its imports here, a warm one not at all
@@ -245,7 +243,6 @@ class GenomeProcess:
         stop_slot(self.proc, self.procs)
         with _LIVE_LOCK:
             _LIVE_SLOTS.pop(self.proc.pid, None)
-            _RUN_BY.pop(self.proc.pid, None)
         processes.unregister_child(self.proc.pid)
 
 
