@@ -16,8 +16,8 @@ result says how many tokens it scored.
 
 Probes run on batches of the same shape as scoring, in an order shuffled by the request's
 `probe_seed` (drawn by the runner per evaluation; the genome never sees it), so a model
-cannot tell a probe from a scoring batch. All of them fail closed: a non-finite logit fails
-the evaluation (`nan`), a non-finite probe statistic fails the probe.
+cannot tell a probe from a scoring batch. All of them fail closed: a non-finite logit or
+log-probability, in any batch, fails the evaluation (`nan`); a non-finite probe statistic fails the probe.
 - causality: every scoring batch is run again, its rows permuted and each row's suffix after a
   secret cut replaced by other real text; the prefix log-probs must not move (CAUSALITY_TOL
   nats, the same for every dtype: an honest causal model gives identical prefix outputs);
@@ -79,7 +79,10 @@ def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
         raise BadOutput(f"model returned {shape}, expected logits of shape {(*x.shape, vocab_size)}")
     if not torch.isfinite(logits).all():
         raise NonFinite("the model's logits hold NaN or infinite values")
-    return torch.log_softmax(logits.float(), dim=-1)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    if not torch.isfinite(log_probs).all():  # finite logits of a wider dtype (1e300) overflow float32 to NaN here
+        raise NonFinite("the model's log-probabilities hold NaN or infinite values (logits beyond float32's range)")
+    return log_probs
 
 
 def _target_nll(fn, rows: torch.Tensor, vocab_size: int, device: str, targets: torch.Tensor | None = None,
@@ -384,7 +387,8 @@ def _causality(nll: dict, work: Plan) -> dict:
     for (split, index), (perm, cuts) in work.twins.items():
         before, after = nll[("score", split, index)][perm], nll[("causality", split, index)]
         for r, c in enumerate(cuts):
-            worst = max(worst, float((before[r, :c] - after[r, :c]).abs().max()))
+            change = float((before[r, :c] - after[r, :c]).abs().max())
+            worst = math.inf if math.isnan(change) else max(worst, change)  # Python's max would drop a NaN
         rows += len(cuts)
     return {"pass": worst <= CAUSALITY_TOL, "max_prefix_change": worst, "tolerance": CAUSALITY_TOL, "rows": rows}
 

@@ -363,6 +363,41 @@ def test_non_finite_logits_fail_with_reason_nan(small_dataset, tmp_path):
     assert "NaN" in result.detail and result.val_bpb is None
 
 
+class Float64Overflow(nn.Module):
+    """Finite float64 logits beyond float32's range at position 0 (1e300 on every token): they pass a
+    finiteness check of the logits and become NaN log-probs in the scorer's float32 log-softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, VOCAB)
+
+    def forward(self, idx):
+        logits = self.embed(idx).double()
+        huge = torch.zeros_like(logits)
+        huge[:, 0] = 1e300
+        return logits + huge
+
+
+def test_logits_that_overflow_float32_fail_with_reason_nan_not_a_nan_probe_statistic(small_dataset, tmp_path):
+    result = score_model(Float64Overflow(), small_dataset, tmp_path)
+    assert (result.status, result.reason) == ("failed", "nan"), (result.status, result.reason)
+    assert "float32" in result.detail and result.val_bpb is None
+
+
+def test_a_nan_prefix_change_fails_causality_instead_of_vanishing_in_max():
+    """A NaN in a twin's log-probs (a model that makes them only in probe batches) is the worst change."""
+    from types import SimpleNamespace
+
+    before = torch.zeros(2, 8, dtype=torch.float64)
+    after = before.clone()
+    after[1, 0] = float("nan")
+    work = SimpleNamespace(twins={("val", 0): (torch.tensor([0, 1]), [4, 4])})
+    probe = S._causality({("score", "val", 0): before, ("causality", "val", 0): after}, work)
+    assert probe["pass"] is False and probe["max_prefix_change"] == float("inf")
+    after[1, 0] = 0.0
+    assert S._causality({("score", "val", 0): before, ("causality", "val", 0): after}, work)["pass"] is True
+
+
 def test_an_artifact_that_is_not_an_exported_program_fails_with_bad_artifact(small_dataset, tmp_path):
     (tmp_path / artifact.PROGRAM_FILE).write_bytes(b"not a program")
     (tmp_path / artifact.WEIGHTS_FILE).write_bytes(b"not weights")
