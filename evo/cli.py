@@ -89,6 +89,10 @@ def _add_run_commands(sub, commands) -> None:
     p.add_argument("--genome", help="genome id (default: the best)")
     p.add_argument("--out", help="output script path (default RUN_DIR/export/<id>.py)")
     p.add_argument("--allow-flagged", action="store_true", help="export a flagged genome (stamped as flagged)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--dask-scheduler", help="score it on a worker of the Dask scheduler at this address (default: "
+                       "the run's own slots, a Dask worker when the run used them)")
+    where.add_argument("--local", action="store_true", help="score it on this machine even if the run used Dask")
     p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser("config", help="print the documented example run.toml")

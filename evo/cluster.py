@@ -33,6 +33,7 @@ from gpt.result import SlotResult
 JOBQUEUE = {"slurm": "SLURM", "pbs": "PBS", "sge": "SGE", "lsf": "LSF"}
 POLL_S = 1.0  # how often the pool looks for workers that left and for the scheduler
 FACTS_TIMEOUT_S = 120  # a joining worker's report of its versions and sandbox level
+WARM_END_S = 15  # the most shutdown waits for the workers to end their warm slots
 MAX_ERRORS = 3  # task errors in a row (not genome failures: a broken worker) before a worker gets no jobs
 
 
@@ -267,14 +268,28 @@ class DaskSlotPool:
         for ours, (_, slot, _) in list(self._remote.items()):
             self._settle(ours, SlotLost(f"slot {slot.name}: {why}", fatal=fatal))
 
+    def _end_warm_slots(self) -> None:
+        """Each worker's idle warm slots end with the run, not IDLE_S later. On a worker busy with a
+        cancelled job this runs once that job is over (the cancel watch ends its genome first)."""
+        from distributed import wait
+
+        from gpt.worker import end_warm_slots
+
+        if self.client.status != "running":
+            return
+        here = self.checked & set(self.client.scheduler_info(n_workers=-1).get("workers", {}))  # not the ones gone
+        if here:
+            wait([self.client.submit(end_warm_slots, workers=[address], allow_other_workers=False, pure=False)
+                  for address in here], timeout=WARM_END_S)
+
     def shutdown(self) -> None:
         """Cancel what runs and close the client (and a started cluster); safe to call twice, and it
         never hides the error that ended the run behind one of Dask's own."""
         if self._closed.is_set():
             return
         self._closed.set()
-        for close in [*(theirs.cancel for theirs, _, _ in list(self._remote.values())), self.client.close,
-                      *([self.cluster.close] if self.cluster is not None else [])]:
+        for close in [*(theirs.cancel for theirs, _, _ in list(self._remote.values())), self._end_warm_slots,
+                      self.client.close, *([self.cluster.close] if self.cluster is not None else [])]:
             try:
                 close()
             except Exception:  # noqa: BLE001 -- the scheduler or the client's loop is already gone

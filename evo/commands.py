@@ -137,7 +137,9 @@ def cmd_show(args) -> int:
 def cmd_export(args) -> int:
     from evo.export import export
 
-    export(Path(args.run_dir), args.genome, Path(args.out) if args.out else None, args.allow_flagged)
+    slots = ({"dask_scheduler": "", "kind": ""} if args.local else
+             {"dask_scheduler": cfg.check_value("dask_scheduler", args.dask_scheduler)} if args.dask_scheduler else None)
+    export(Path(args.run_dir), args.genome, Path(args.out) if args.out else None, args.allow_flagged, slots)
     return 0
 
 

@@ -17,7 +17,7 @@ from evo.slots import plan_slots
 from evo.state import RunState
 from gpt.errors import UserError
 from gpt.result import SlotResult
-from gpt.runner import SCORING_SUFFIX, run_slot
+from gpt.runner import SCORING_SUFFIX
 
 
 def lineage(journal, genome_id: str) -> list[str]:
@@ -86,17 +86,48 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _export_pool(run: Run):
+    """The slot the test score is measured in: on the run's Dask workers when its slots are there (the
+    controller may be a login node without the run's GPU), else one slot of this machine's."""
+    from evo.slots import SlotPool, open_pool
+
+    c = run.config
+    if not (c.dask_scheduler or c.kind):
+        return SlotPool(plan_slots(c.device, 1))
+    sealed = bool((run.journal.get_meta("integrity") or {}).get("sealed"))
+    try:
+        return open_pool(c, run.dataset, note=lambda text: print(text, file=sys.stderr, flush=True), sealed=sealed)
+    except UserError as exc:
+        raise UserError(f"{exc}; or export on other slots: `evo export {run.path} --dask-scheduler ADDRESS` "
+                        "(a running scheduler) or `--local` (this machine)") from None
+
+
 def _score_on_test(run: Run, gid: str) -> SlotResult:
-    """The genome's one test-split score: a journaled `export` evaluation with a fresh harness seed."""
+    """The genome's one test-split score: a journaled `export` evaluation with a fresh harness seed.
+    A slot lost on the way (its worker left) is journaled as a failed export, never left running."""
+    from evo.cluster import SlotLost
+    from gpt.runner import kill_all_slots
+
     j = run.journal
-    slot = plan_slots(run.config.device, 1)[0]
-    eval_id = j.queue_evaluation(gid, "export", run.next_seed(gid))
-    attempt = j.mark_running(eval_id, "export")
-    job = run.slot_job(run.genome_path(gid), run.eval_dir(eval_id, attempt), j.evaluation(eval_id).seed, test=True,
-                       device=slot.device, threads=slot.threads, env=slot.env)
-    print(f"scoring {gid} once on the test split ({run.config.budget_s:g} s of training)...")
-    result = run_slot(job)
-    j.finish_evaluation(eval_id, result, {})
+    pool = _export_pool(run)
+    try:
+        if not pool.free() and pool.wait_for_slot():
+            raise UserError("no slot is free for the export's test score; start a Dask worker, or pass --local")
+        slot = pool.free()[0]
+        eval_id = j.queue_evaluation(gid, "export", run.next_seed(gid))
+        attempt = j.mark_running(eval_id, slot.name)
+        job = run.slot_job(run.genome_path(gid), run.eval_dir(eval_id, attempt), j.evaluation(eval_id).seed, test=True)
+        print(f"scoring {gid} once on the test split ({run.config.budget_s:g} s of training, slot {slot.name})...")
+        try:
+            result = pool.submit(slot, job).result()
+        except SlotLost as lost:
+            result = SlotResult(status="failed", reason="slot_lost", detail=f"{lost}; run `evo export` again")
+        j.finish_evaluation(eval_id, result, {})
+    except BaseException:  # Ctrl-C: nothing of the slot outlives the command
+        kill_all_slots()
+        raise
+    finally:
+        pool.shutdown()
     return result
 
 
@@ -112,10 +143,11 @@ def _header(run: Run, gid: str, chain: list[str], rec, result: SlotResult, out: 
     return "\n".join(lines)
 
 
-def export(run_dir: Path, genome_id: str | None = None, out: Path | None = None, allow_flagged: bool = False
-           ) -> SlotResult:
-    """Score the genome on the test split once, then write its script and lineage.md."""
-    run = open_run(run_dir)
+def export(run_dir: Path, genome_id: str | None = None, out: Path | None = None, allow_flagged: bool = False,
+           slots: dict | None = None) -> SlotResult:
+    """Score the genome on the test split once, then write its script and lineage.md. `slots`: overrides
+    of where that score runs (dask_scheduler, kind), for this command only."""
+    run = open_run(run_dir, slots)
     state, _ = RunState.replay(run.config, run.journal)
     j = run.journal
     gid = j.find_genome(genome_id) if genome_id else state.incumbent

@@ -144,8 +144,11 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
         raise
     try:
         ran = genome.run(job, out)
-        _prepare_next(job, level)  # the genome is dead: the next one's imports overlap this one's scoring
-        result = _training_outcome(job, out, ran)
+        if genome.cancelled:  # a cancelled Dask job: nobody reads this result and no next job comes
+            result = SlotResult(status="failed", reason="cancelled", detail="the controller cancelled the job")
+        else:
+            _prepare_next(job, level)  # the genome is dead: the next one's imports overlap this one's scoring
+            result = _training_outcome(job, out, ran)
         if result is None:
             request = {"artifact": str(ran.work), "dataset": job.dataset, "seq_len": job.eval_seq_len,
                        "eval_tokens": job.eval_tokens, "device": job.device, "test": job.test,

@@ -87,6 +87,7 @@ def stop_slots_run_by(thread_id: int) -> None:
     with _LIVE_LOCK:
         live = [genome for genome in _LIVE_SLOTS.values() if genome.run_by == thread_id]
     for genome in live:
+        genome.cancelled = True  # its job neither scores it nor warms a next slot: no next job is coming
         stop_slot(genome.proc, genome.procs)
 
 
@@ -186,6 +187,7 @@ class GenomeProcess:
         self.clock.start()
         self.procs = processes.SlotProcesses(self.token, root_pid=self.proc.pid)
         self.run_by: int | None = None  # set when a job hands it over (a warm one waits with none)
+        self.cancelled = False  # ended by stop_slots_run_by: the controller gave the job up
         with _LIVE_LOCK:
             _LIVE_SLOTS[self.proc.pid] = self
 

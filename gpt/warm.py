@@ -10,7 +10,8 @@ that becomes the next slot's out dir contents; no genome code runs in them befor
 `go`. A shape is everything fixed when a sandbox starts: the level, the dataset (its train file's
 identity too), the device, threads, environment, caps and the warm dir, which a run gives each slot
 its own of. A warm slot nobody takes within `IDLE_S` is ended, and so is every one left when the
-process exits.
+process exits; a Dask worker ends its own when the controller's pool shuts down
+(`gpt.worker.end_warm_slots`), and a cancelled job starts none.
 """
 from __future__ import annotations
 

@@ -230,6 +230,14 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def end_warm_slots() -> None:
+    """End this worker's warm slots: the controller's run is over, and an idle one would hold its memory
+    (a GPU's too) until gpt.warm.IDLE_S."""
+    from gpt import warm
+
+    warm.discard_all()
+
+
 class _CancelWatch(threading.Thread):
     """Ends this call's genome once the controller cancels its Dask task (the run stopped, or the job
     was given up): Dask cannot stop a running task, so without this the genome would hold its slot, GPU

@@ -285,6 +285,17 @@ def test_run_on_hidden_workers_survives_a_worker_killed_mid_evaluation(tmp_path_
             worker = json.loads(result)["worker"]
             assert slot in ("w0/cpu", "w1/cpu") and " pid " in worker and not worker.endswith(f"pid {controller_pid}")
             assert (tmp_path / "run" / "evals" / f"{eval_id:05d}-{attempt}" / "result.json").is_file()
+
+        # the export's one test score runs on the run's workers too (the controller may have no GPU)
+        export = subprocess.Popen([sys.executable, "-m", "evo.cli", "export", str(tmp_path / "run")], env=data_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = export.communicate(timeout=600)
+        assert export.returncode == 0, err[-3000:]
+        with sqlite3.connect(journal) as db:
+            slot, result = db.execute("SELECT slot, result FROM evaluations WHERE purpose = 'export'").fetchone()
+        result = json.loads(result)
+        assert slot == "w0/cpu" and result["status"] == "ok" and result["test_bpb"] is not None, result
+        assert " pid " in result["worker"] and not result["worker"].endswith(f"pid {export.pid}")
     finally:
         procs.close()
 
@@ -330,6 +341,13 @@ def test_a_lost_scheduler_stops_the_run_resumably_and_a_new_one_finishes_it(tmp_
         with sqlite3.connect(journal) as db:
             slots = [s for (s,) in db.execute("SELECT slot FROM evaluations WHERE state = 'done' ORDER BY done_seq")]
         assert len(slots) == 4 and slots[-1] == "w1/cpu"
+        # its scheduler gone for good, the run still exports here
+        export = subprocess.run([sys.executable, "-m", "evo.cli", "export", str(tmp_path / "run"), "--local"],
+                                env=data_env, capture_output=True, text=True, timeout=600)
+        assert export.returncode == 0, export.stderr[-3000:]
+        with sqlite3.connect(journal) as db:
+            slot, result = db.execute("SELECT slot, result FROM evaluations WHERE purpose = 'export'").fetchone()
+        assert slot == "cpu0" and json.loads(result)["test_bpb"] is not None
     finally:
         procs.close()
 
@@ -352,7 +370,8 @@ def _processes_naming(text: str) -> list[int]:
 @pytest.mark.slow
 def test_a_cancelled_job_ends_its_genome_on_the_worker_at_once(dask_processes, small_dataset, tmp_path):
     """Dask cannot stop a running task: the worker's own watch ends the genome when the controller cancels
-    the job (here: the run shuts its pool down), instead of leaving it on its slot for the budget and grace."""
+    the job (here: the run shuts its pool down), instead of leaving it on its slot for the budget and grace.
+    The warm slot an earlier job left waiting on the worker ends with the run too, not 600 s later."""
     from distributed import Client
 
     from gpt.job import SlotJob
@@ -363,8 +382,14 @@ def test_a_cancelled_job_ends_its_genome_on_the_worker_at_once(dask_processes, s
     with Client(dask_processes.address, timeout="30s") as client:
         _wait_workers(client, 1)
         pool = DaskSlotPool(client, small_dataset.path, wait_s=5, note=lambda _: None, sealed=False)
+        quick = SlotJob(genome=str(TINY), dataset=str(small_dataset.path),
+                        out_dir=str(tmp_path / "quick"), budget_s=1, grace_s=60, eval_tokens=2048, eval_seq_len=64,
+                        warm_dir=str(tmp_path / "warm"))
+        assert pool.submit(pool.free()[0], quick).result(timeout=300).status == "ok"
+        pool.release(next(iter(pool.busy.values())))
+        assert _processes_naming(worker_dir + "/warm/"), "the worker started no warm slot for a next job"
         job = SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "out"), budget_s=300,
-                      grace_s=60, static_checks=False)
+                      grace_s=60, static_checks=False)  # no warm dir: another shape, so the warm slot stays idle
         pool.submit(pool.free()[0], job)
         deadline = time.monotonic() + 120
         while not _processes_naming(worker_dir + "/slots/") and time.monotonic() < deadline:
@@ -374,10 +399,11 @@ def test_a_cancelled_job_ends_its_genome_on_the_worker_at_once(dask_processes, s
         assert running, "the job never started on the worker"
         cancelled = time.monotonic()
         pool.shutdown()
-        while _processes_naming(worker_dir + "/slots/") and time.monotonic() < cancelled + 30:
+        while _processes_naming(worker_dir + "/") and time.monotonic() < cancelled + 30:
             time.sleep(0.2)
-        left = _processes_naming(worker_dir + "/slots/")
+        left, idle = _processes_naming(worker_dir + "/slots/"), _processes_naming(worker_dir + "/warm/")
         took = time.monotonic() - cancelled
     assert not left, f"the cancelled genome still runs on the worker: pids {left}"
+    assert not idle, f"the worker's idle warm slot outlived the run: pids {idle}"
     assert took < 15, took
     assert dask_processes.workers["w0"].poll() is None  # the worker itself lives on for the next run

@@ -117,3 +117,29 @@ def test_a_run_warms_gpu_slots_and_cpu_slots_that_leave_cores_idle_but_never_pas
         assert evolution._warms(slot) is expected, (mode, slot)
     last = new_run(tmp_path / "last", seed, warm="on", evals=1)  # this evaluation is the run's last one
     assert last._warms(gpu) is False
+
+
+def test_a_cancelled_job_warms_no_next_slot_and_scores_nothing(small_dataset, tmp_path):
+    """A job the controller gave up (gpt.worker's cancel watch calls stop_slots_run_by) ends at once:
+    no next slot is started behind it (no next job is coming) and nothing it submitted is scored."""
+    import threading
+
+    from gpt.training import _LIVE_SLOTS, stop_slots_run_by
+
+    warm_dir = tmp_path / "warm"
+    results = []
+    job = threading.Thread(target=lambda: results.append(slot(
+        "loops_forever.py", small_dataset, tmp_path / "a", unchecked=True, warm_dir=str(warm_dir), budget_s=300.0)))
+    job.start()
+    deadline = time.monotonic() + 120
+    while not any(g.run_by == job.ident for g in list(_LIVE_SLOTS.values())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # past `go`: the genome sleeps on its 300 s budget
+    stop_slots_run_by(job.ident)
+    job.join(60)
+    try:
+        assert not job.is_alive() and results, "the cancelled job did not end"
+        assert (results[0].status, results[0].reason) == ("failed", "cancelled"), results[0].detail
+        assert warm._READY == {} and _staged(warm_dir) == []
+    finally:
+        warm.discard_all()
