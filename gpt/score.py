@@ -72,7 +72,8 @@ class NonFinite(Exception):
 
 
 def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    with torch.no_grad():
+    x = x.clone(memory_format=torch.contiguous_format)  # its own storage: a view of the (seq_len + 1)-token rows
+    with torch.no_grad():  # would let `as_strided` read the column past it, the last position's target
         logits = fn(x)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*x.shape, vocab_size):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -258,7 +259,7 @@ def plan(dataset: Dataset, splits: list[str], seq_len: int, n_tokens: int, probe
             index = i // SCORE_BATCH
             batches.append(("score", split, index, rows, None))
             perm = torch.from_numpy(rng.permutation(len(rows)))
-            cuts = rng.integers(1, seq_len, len(rows))
+            cuts = rng.integers(1, seq_len + 1, len(rows))  # seq_len: only the last target changes
             original = rows[perm]
             altered = original.clone()
             for r, cut in enumerate(cuts):

@@ -384,6 +384,27 @@ def test_logits_that_overflow_float32_fail_with_reason_nan_not_a_nan_probe_stati
     assert "float32" in result.detail and result.val_bpb is None
 
 
+class StoragePeek(nn.Module):
+    """Reads the token after its input through the input's storage (`as_strided` past the view): the last
+    position's target, the one token a row's input does not hold, when the input is a view of the rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, VOCAB)
+
+    def forward(self, idx):
+        b, t = idx.shape
+        after = idx.as_strided((b, t + 1), (t + 1, 1))[:, t]
+        logits = self.embed(idx)
+        return torch.cat([logits[:, :-1], logits[:, -1:] + 30.0 * F.one_hot(after, VOCAB)[:, None]], 1)
+
+
+def test_a_model_reading_past_its_input_storage_finds_nothing_there(small_dataset, tmp_path):
+    result = score_model(StoragePeek(), small_dataset, tmp_path)
+    assert (result.status, result.reason) == ("failed", "score_error"), (result.status, result.reason, result.val_bpb)
+    assert "out of bounds" in result.detail
+
+
 def test_a_nan_prefix_change_fails_causality_instead_of_vanishing_in_max():
     """A NaN in a twin's log-probs (a model that makes them only in probe batches) is the worst change."""
     from types import SimpleNamespace
