@@ -18,7 +18,10 @@ other state (which model made which child, the bandit's rewards) is journaled as
 resumed run proposes exactly what the uninterrupted run would have.
 
 LLM proposals take seconds to minutes, so with an LLM the children are proposed in background
-threads, one per slot, before a slot frees up: a free slot starts a ready child.
+threads, one per slot, before a slot frees up: a free slot starts a ready child. With several slots
+and knob operators only, one child is proposed ahead in the same way (a model-based ask takes up to
+a second on the controller); with one slot each child is proposed when the slot frees, from every
+result so far. A proposal reads the state under `RunState.lock`, which every fold holds.
 """
 from __future__ import annotations
 
@@ -90,6 +93,8 @@ class Breeder:
         self._register_knob_operators()
         if self.config.llm.enabled:
             self._start_llm(run_dir)
+        elif n_slots >= 2:  # results already come in out of order; the next child is made while slots train
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="propose")
 
     def _register_knob_operators(self) -> None:
         from evo.operators.knobs import KnobCrossover, KnobMutation
@@ -187,14 +192,15 @@ class Breeder:
     def propose(self, index: int) -> Genome | None:
         """Proposal `index`: select parents from the population as it stands and apply one operator."""
         rng = random.Random(f"{self.config.seed}:child:{index}")
-        population = list(self.state.population)
-        name = self.choose_operator(rng, len(population))
-        parents = self.toolbox.select(population, ARITY[name], rng) if population else []
-        if not parents:  # no member yet (or every one flagged): the seed
-            parents = [new_member(self.state.seed_ids[0], 0)] * ARITY[name]
+        with self.state.lock:  # one consistent view: the scheduler may fold a result meanwhile
+            population = list(self.state.population)
+            name = self.choose_operator(rng, len(population))
+            parents = self.toolbox.select(population, ARITY[name], rng) if population else []
+            if not parents:  # no member yet (or every one flagged): the seed
+                parents = [new_member(self.state.seed_ids[0], 0)] * ARITY[name]
+            infos, context = [self.state.parent_info(p.genome_id) for p in parents], self.context(parents[0].genome_id)
         try:
-            child = getattr(self.toolbox, name)([self.state.parent_info(p.genome_id) for p in parents], rng,
-                                                self.context(parents[0].genome_id))
+            child = getattr(self.toolbox, name)(infos, rng, context)
         except OperatorFailure as exc:
             self.journal.event("operator_failure", operator=name, reason=str(exc)[:2000],
                                response=str(getattr(exc, "response", "") or "")[:20000])
@@ -213,15 +219,19 @@ class Breeder:
         return child
 
     def next_child(self) -> Genome | None:
-        """A proposed child (or None on failure). Without an LLM: made now, from the population as it
-        stands. With one: taken from the proposals running ahead, which are topped up to one per slot."""
+        """A proposed child (or None on failure). With one slot and no LLM: made now, from the population as
+        it stands (a sequential search sees every result). With an LLM: taken from the proposals running
+        ahead, topped up to one per slot. With knob operators on several slots: the one made ahead, and the
+        next one is started at once, so a freed slot does not wait for a proposal."""
         if self.executor is None:
             return self.propose(self._next_index())
-        while len(self.proposals) < self.n_slots:
+        while len(self.proposals) < (self.n_slots if self.llm else 1):
             self.proposals.append(self.executor.submit(self.propose, self._next_index()))
         wait(self.proposals, return_when=FIRST_COMPLETED)
         future = next(f for f in self.proposals if f.done())
         self.proposals.remove(future)
+        if not self.llm:
+            self.proposals.append(self.executor.submit(self.propose, self._next_index()))
         return future.result()
 
     def _next_index(self) -> int:
@@ -261,6 +271,7 @@ class Breeder:
         if self.executor:
             for f in self.proposals:
                 f.cancel()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            # a knob proposal under way takes a second: let it end before the journal closes; an LLM call may not
+            self.executor.shutdown(wait=not self.llm, cancel_futures=True)
         if self.llm:
             self.llm.close()

@@ -9,6 +9,7 @@ is all `evo status`, `show` and `export` need (no operators, no LLM client, no s
 from __future__ import annotations
 
 import statistics
+import threading
 from dataclasses import dataclass, field
 
 from deap import base, creator
@@ -117,6 +118,7 @@ class RunState:
 
     def __init__(self, config: RunConfig, journal: Journal):
         self.config, self.journal = config, journal  # the journal is only read here
+        self.lock = threading.RLock()  # held by fold and by a proposal's reading (the breeder's threads)
         self.seed_ids: list[str] = journal.get_meta("seeds", [])
         self.records: dict[str, GenomeRecord] = {}
         self.last_child_failure: dict[str, tuple[str, str]] = {}
@@ -181,7 +183,12 @@ class RunState:
 
     # ------------------------------------------------------------ folding results in
     def fold(self, evaluation: Evaluation, result: SlotResult) -> tuple[dict, list[Event]]:
-        """Fold one finished evaluation into the state. Returns (scores to journal, events)."""
+        """Fold one finished evaluation into the state. Returns (scores to journal, events). Under `lock`:
+        the breeder's proposal threads read the state meanwhile."""
+        with self.lock:
+            return self._fold(evaluation, result)
+
+    def _fold(self, evaluation: Evaluation, result: SlotResult) -> tuple[dict, list[Event]]:
         gid = evaluation.genome_id
         rec = self.records.setdefault(gid, GenomeRecord())
         rec.n_folded += 1

@@ -196,3 +196,30 @@ def test_local_steps_read_their_step_size_when_they_step(monkeypatch):
     monkeypatch.setattr(studies, "LOCAL_SIGMA", 0.3)
     far = studies.local_step(study, random.Random(0))
     assert max(abs(a - b) for a, b in zip(study.space.to_unit(far), seed_unit)) > 0.05
+
+
+def test_with_two_slots_the_next_knob_child_is_proposed_while_the_slots_train(tmp_path):
+    """A freed slot does not wait for a model-based ask: with several slots the breeder has the next child
+    ready, made in the background from the state as it stood, while the scheduler folds results."""
+    from evo.breeding import Breeder
+
+    evolution = new_run(tmp_path / "a", ROOT / "genomes" / "tiny_cpu.py", noise_repeats=2, population_size=6,
+                        evals=0, gp_share=1.0, tpe_share=0.0, crossover_rate=0.0)
+    assert evolution.breeder.executor is None  # one slot: each child from every result so far
+    evolution.breeder = Breeder(evolution.state, evolution.journal, tmp_path / "a", n_slots=2)
+    try:
+        _drive(evolution, 2)  # the seed's noise evaluations
+        made = []
+        for _ in range(12):
+            row = evolution.next_evaluation()
+            assert row.purpose == "child" or made, row.purpose
+            if row.purpose == "child":
+                dropped = {e["genome_id"] for e in evolution.journal.events("duplicate")}
+                assert not made or made[-1] is None or made[-1].id in (row.genome_id, *dropped)  # made ahead, started
+                ahead = evolution.breeder.proposals
+                assert len(ahead) == 1
+                made.append(ahead[0].result(timeout=120))  # finished with no call from the loop
+            finish(evolution, row, fake(val=_bpb_of(evolution, row)))
+        assert len(made) >= 6 and evolution.journal.events("operator_failure") == []
+    finally:
+        evolution.breeder.close()
