@@ -15,8 +15,10 @@ the batch does not already hold; a short canary batch is filled with scoring win
 result says how many tokens it scored.
 
 Probes run on batches of the same shape as scoring, in an order shuffled by the request's
-`probe_seed` (drawn by the runner per evaluation; the genome never sees it), so a model
-cannot tell a probe from a scoring batch. All of them fail closed: a non-finite logit or
+`probe_seed` (drawn by the runner per evaluation; the genome never sees it), so neither order
+nor shape tells a probe from a scoring batch (content can: a twin's rows hold splices, a canary
+row a random string; each probe compares outputs an honest model computes identically, so telling
+them apart gains nothing). The model gets a copy of its input that owns its storage. All of them fail closed: a non-finite logit or
 log-probability, in any batch, fails the evaluation (`nan`); a non-finite probe statistic fails the probe.
 - causality: every scoring batch is run again, its rows permuted and each row's suffix after a
   secret cut replaced by other real text; the prefix log-probs must not move (CAUSALITY_TOL
