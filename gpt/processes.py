@@ -119,6 +119,15 @@ def _stat(pid: int | str) -> _Stat | None:
         return None
 
 
+def _threads_live(pid: int | str) -> bool:
+    """A zombie thread-group leader whose other threads still run (its main thread called pthread_exit):
+    alive, and its stat line still sums the group's CPU. Dropping it hid a genome's training from the clock."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
 @dataclass
 class SlotProcesses:
     """Finds the processes of one slot, none of it on the genome's word: descendants of the slot's
@@ -158,7 +167,7 @@ class SlotProcesses:
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != me:
                 st = _stat(entry)
-                if st is not None and st.state not in ("Z", "X"):
+                if st is not None and (st.state not in ("Z", "X") or (st.state == "Z" and _threads_live(entry))):
                     table[int(entry)] = st
         found = set()
         for pid, st in table.items():
