@@ -122,10 +122,24 @@ def _stat(pid: int | str) -> _Stat | None:
 def _threads_live(pid: int | str) -> bool:
     """A zombie thread-group leader whose other threads still run (its main thread called pthread_exit):
     alive, and its stat line still sums the group's CPU. Dropping it hid a genome's training from the clock."""
+    return len(_tasks(pid)) > 1
+
+
+def _tasks(pid: int | str) -> list[str]:
     try:
-        return len(os.listdir(f"/proc/{pid}/task")) > 1
+        return os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return False
+        return []
+
+
+def _memory_status(pid: int | str) -> str:
+    """/proc status text with the process's memory lines: a zombie leader has none of its own, so those of
+    a live thread of its group (they share one address space)."""
+    text = _read(f"/proc/{pid}/status").decode(errors="replace")
+    if "RssAnon:" in text:
+        return text
+    other = next((t for t in _tasks(pid) if t != str(pid)), None)
+    return _read(f"/proc/{pid}/task/{other}/status").decode(errors="replace") if other else text
 
 
 @dataclass
@@ -167,7 +181,7 @@ class SlotProcesses:
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != me:
                 st = _stat(entry)
-                if st is not None and (st.state not in ("Z", "X") or (st.state == "Z" and _threads_live(entry))):
+                if st is not None and st.state != "X" and (st.state != "Z" or _threads_live(entry)):
                     table[int(entry)] = st
         found = set()
         for pid, st in table.items():
@@ -206,7 +220,7 @@ class SlotProcesses:
         for pid, comm in pids.items():
             if comm not in HELPER_NAMES:
                 count += 1
-            for line in _read(f"/proc/{pid}/status").decode(errors="replace").splitlines():
+            for line in _memory_status(pid).splitlines():
                 if line.startswith(("RssAnon:", "RssShmem:")):
                     kb += int(line.split()[1])
         return count, kb // 1024

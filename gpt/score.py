@@ -18,8 +18,9 @@ Probes run on batches of the same shape as scoring, in an order shuffled by the 
 `probe_seed` (drawn by the runner per evaluation; the genome never sees it), so neither order
 nor shape tells a probe from a scoring batch (content can: a twin's rows hold splices, a canary
 row a random string; each probe compares outputs an honest model computes identically, so telling
-them apart gains nothing). The model gets a copy of its input that owns its storage. All of them fail closed: a non-finite logit or
-log-probability, in any batch, fails the evaluation (`nan`); a non-finite probe statistic fails the probe.
+them apart gains nothing). The model gets a copy of its input that owns its storage. All of them
+fail closed: a non-finite logit or log-probability, in any batch, fails the evaluation (`nan`); a
+non-finite probe statistic fails the probe.
 - causality: every scoring batch is run again, its rows permuted and each row's suffix after a
   secret cut replaced by other real text; the prefix log-probs must not move (CAUSALITY_TOL
   nats, the same for every dtype: an honest causal model gives identical prefix outputs);

@@ -121,7 +121,7 @@ def test_a_run_warms_gpu_slots_and_cpu_slots_that_leave_cores_idle_but_never_pas
 
 def test_a_cancelled_job_warms_no_next_slot_and_scores_nothing(small_dataset, tmp_path):
     """A job the controller gave up (gpt.worker's cancel watch calls stop_slots_run_by) ends at once:
-    no next slot is started behind it (no next job is coming) and nothing it submitted is scored."""
+    no next slot is started behind it (no next job is coming), and its result says it was cancelled."""
     import threading
 
     from gpt.training import _LIVE_SLOTS, stop_slots_run_by
