@@ -3,8 +3,8 @@
 `gpt.lab` runs in the genome's process and is untrusted, so it only *says* `connect` and
 `submit`, one word each on a pipe the runner owns (the harness's starter says `ready` on it before
 any genome code exists); the runner notes when each word arrives
-(`ClockPipe`) and judges the slot from those times, its own spawn and exit times and the CPU
-seconds it measured from /proc (`clock_verdict`). Nothing the genome writes is read as a number.
+(`ClockPipe`) and judges the slot from those times and its own `go` and exit times
+(`clock_verdict`). Nothing the genome writes is read as a number.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import threading
 import time
 
-from gpt.protocol import STARTUP_ALLOWANCE_S
 
 CLOCK_PIPE_CAP = 65536  # bytes of clock messages the runner reads from one slot; the rest is drained
 
@@ -70,34 +69,22 @@ class ClockPipe:
         self.ready.set()
 
 
-# CPU seconds a genome may use between `go` and `connect` (the starter's imports are not counted: they are
-# done before `go`); a genome's own extra imports need well under one
-STARTUP_CPU_S = 3.0
-
-
-def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, export_allowance_s: float,
-                  cpu_before_connect: float | None = None) -> dict:
+def clock_verdict(times: dict, go: float, exited: float, budget_s: float, export_allowance_s: float) -> dict:
     """The budget probe, from the runner's own timestamps only.
 
-    The clock starts at `connect`, or at spawn + the startup allowance if that is earlier
-    (work before connect is training outside the clock otherwise); it stops at `submit`.
-    The genome fails the probe if it never said `connect` or `submit`, used more CPU before
-    `connect` than importing needs (work done before the clock starts), said `submit` past the
-    deadline by more than the tolerance, or took longer than the export allowance from `submit`
-    to exit."""
+    The clock starts at `go`, when the genome's first line runs (the starter's imports are done
+    before it), and stops at `submit`: whatever a genome does before `connect` is on the clock, so
+    there is no untimed region before it to train in. The genome fails the probe if it never said
+    `connect` or `submit`, said `submit` past the deadline by more than the tolerance, or took longer
+    than the export allowance from `submit` to exit."""
     connect, submit = times.get("connect"), times.get("submit")
-    started = min(connect, spawned + STARTUP_ALLOWANCE_S) if connect is not None else spawned + STARTUP_ALLOWANCE_S
-    deadline = started + budget_s
+    deadline = go + budget_s
     overrun = submit - deadline if submit is not None else None
     export_s = exited - submit if submit is not None else None
     tolerance = budget_tolerance(budget_s)
     why = None
     if connect is None:
         why = "the genome never said connect on the harness clock (its clock pipe was closed or silenced)"
-    elif cpu_before_connect is not None and cpu_before_connect > STARTUP_CPU_S:
-        why = (f"the genome used {cpu_before_connect:.1f} CPU seconds before lab.connect() (torch was imported "
-               f"already; the limit is {STARTUP_CPU_S:g}): work before the clock starts; call lab.connect() "
-               "first and build or precompute after it")
     elif submit is None:
         why = "the artifact did not come through run.submit() (no submit on the harness clock)"
     elif overrun > tolerance:
@@ -106,8 +93,7 @@ def clock_verdict(times: dict, spawned: float, exited: float, budget_s: float, e
         why = f"took {export_s:.1f} s from submit to exit (export allowance {export_allowance_s:g} s)"
     return {"pass": why is None, "detail": why, "overrun_s": overrun, "tolerance_s": tolerance,
             "export_s": export_s, "export_allowance_s": export_allowance_s,
-            "startup_s": (connect - spawned) if connect is not None else None,
-            "cpu_before_connect_s": cpu_before_connect,
-            "train_s": (submit - started) if submit is not None else None}
+            "startup_s": (connect - go) if connect is not None else None,
+            "train_s": (submit - go) if submit is not None else None}
 
 

@@ -4,7 +4,7 @@
     run = lab.connect()          # slot spec from the harness; standalone: a local default run
     run.budget_s, run.device, run.seed, run.vocab_size
     run.train_batches(batch_size, seq_len)   # endless (x, y) int64 batches of the train split
-    run.time_left()              # seconds left on the harness clock (starts at connect)
+    run.time_left()              # seconds left on the harness clock (it starts with the genome's code)
     run.submit(model)            # model(idx[B, T]) -> logits[B, T, vocab_size]; under the harness
                                  # this ends the process (the slot is over), so print before it
 
@@ -32,7 +32,7 @@ from gpt import artifact
 
 from gpt.protocol import (  # noqa: F401  (the wire between this module and the runner)
     CLOCK_FD_ENV, DEFAULT_EVAL_SEQ_LEN, EVAL_BATCH, EXPORT_ERROR_NAME, SPEC_ENV, STANDALONE_BUDGET_S,
-    STARTUP_ALLOWANCE_S, SlotSpec)
+    SlotSpec)
 
 
 class ExportError(RuntimeError):
@@ -45,8 +45,8 @@ class Run:
     def __init__(self, spec: SlotSpec):
         self._spec = spec
         self._connected_at = time.monotonic()
-        late = time.time() - spec.spawned_at - STARTUP_ALLOWANCE_S if spec.spawned_at else 0.0
-        self._deadline = self._connected_at + spec.budget_s - max(0.0, late)
+        spent = time.time() - spec.clock_started_at if spec.clock_started_at else 0.0  # the runner's clock started at go
+        self._deadline = self._connected_at + spec.budget_s - max(0.0, spent)
         self._train = np.memmap(spec.train_path, dtype=np.uint16, mode="r")
         if spec.threads > 0:
             torch.set_num_threads(spec.threads)
@@ -61,7 +61,7 @@ class Run:
     eval_seq_len = property(lambda self: self._spec.eval_seq_len, doc="longest sequence the scorer feeds the model")
 
     def time_left(self) -> float:
-        """Seconds left on the harness clock (it started at connect)."""
+        """Seconds left on the harness clock (it started when the genome's code did)."""
         return self._deadline - time.monotonic()
 
     def train_batches(self, batch_size: int, seq_len: int):

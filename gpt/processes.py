@@ -347,7 +347,6 @@ class Watchdog(threading.Thread):
         self.peak_mb = 0
         self.peak_procs = 0
         self.cpu_seconds = 0.0
-        self.samples: list[tuple[float, float]] = []  # (monotonic time, the slot's CPU seconds so far)
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -355,19 +354,12 @@ class Watchdog(threading.Thread):
         self.join(timeout=10)
         self.cpu_seconds = max(self.cpu_seconds, self.procs.cpu_seconds)
 
-    def cpu_before(self, t: float) -> float | None:
-        """The slot's CPU seconds at monotonic time `t` (the first sample at or after it: an upper bound
-        within one interval), None if there is no such sample."""
-        after = [cpu for when, cpu in self.samples if when >= t]
-        return after[0] if after else None
-
     def run(self) -> None:
         last_disk = time.monotonic()
         while not self._halt.wait(self.interval):
             count, mb = self.procs.usage(self.procs.scan())
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, count)
             self.cpu_seconds = self.procs.cpu_seconds
-            self.samples.append((time.monotonic(), self.cpu_seconds))
             if self.limits.memory_mb and mb > self.limits.memory_mb:
                 self._trip("memory", f"the slot's processes held {mb} MiB, over memory_mb={self.limits.memory_mb}")
             elif self.limits.max_procs and count > self.limits.max_procs:

@@ -13,9 +13,6 @@ SPEC_ENV = "EVO_SLOT_SPEC"
 CLOCK_FD_ENV = "EVO_CLOCK_FD"  # the write end of the runner's clock pipe
 EXPORT_ERROR_NAME = "export_error.txt"
 STANDALONE_BUDGET_S = 30.0
-# Interpreter start and imports before connect() are free up to this much; beyond it the time
-# comes out of the budget (work done before connect is training outside the clock otherwise).
-STARTUP_ALLOWANCE_S = 10.0
 DEFAULT_EVAL_SEQ_LEN = 256
 # Rows per scorer call: every batch the scorer feeds has exactly this many rows (short ones are
 # padded), so the harness exports the model at this one shape and a probe cannot be told by its size.
@@ -34,7 +31,7 @@ class SlotSpec:
     out_dir: str
     eval_seq_len: int = DEFAULT_EVAL_SEQ_LEN
     threads: int = 0
-    spawned_at: float = 0.0  # wall clock when the harness started the process (0: unknown)
+    clock_started_at: float = 0.0  # wall clock when the runner said `go`: the budget runs from then (0: standalone)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "SlotSpec":

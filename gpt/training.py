@@ -136,14 +136,14 @@ def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
         return ""
 
 
-def _write_spec(job: SlotJob, spec_path: Path, work: Path, spawned_at: float) -> None:
+def _write_spec(job: SlotJob, spec_path: Path, work: Path, clock_started_at: float) -> None:
     """The slot spec: the train split only (written in place: the sandbox binds this very file)."""
     from gpt.data import Dataset
 
     dataset = Dataset(Path(job.dataset).resolve())
     SlotSpec(budget_s=job.budget_s, device=job.device, seed=job.seed, vocab_size=dataset.tokenizer.vocab_size,
              train_path=str(dataset.train_path), out_dir=str(work), eval_seq_len=job.eval_seq_len,
-             threads=job.threads, spawned_at=spawned_at).write(spec_path)
+             threads=job.threads, clock_started_at=clock_started_at).write(spec_path)
 
 
 def _exposure(job: SlotJob, work: Path, spec_path: Path, level: str) -> sandboxing.Exposure:
@@ -211,7 +211,7 @@ class GenomeProcess:
         self.procs.scan()
         baseline = self.procs.cpu_seconds  # what the starter's imports cost, before the genome existed
         start = time.monotonic()
-        _write_spec(job, self.spec_path, self.work, spawned_at=time.time())
+        _write_spec(job, self.spec_path, self.work, clock_started_at=time.time())
         grace = job.grace_s if job.grace_s is not None else default_grace(job.budget_s)
         watchdog = processes.Watchdog(self.procs, self.limits, self.work,
                                       on_breach=lambda: stop_slot(self.proc, self.procs))
@@ -259,13 +259,11 @@ def _measured(job: SlotJob, out: Path, genome: GenomeProcess, watchdog, times: d
         if msg:
             breach = ("disk_limit", msg)
     allowance = job.export_allowance_s if job.export_allowance_s is not None else default_export_allowance(job.budget_s)
-    cpu_before = watchdog.cpu_before(times["connect"]) if "connect" in times else None
-    cpu_before = None if cpu_before is None else max(0.0, cpu_before - baseline)
     # what the genome left running after its main process ended by itself (the supervisor reports it)
     leftovers = _leftovers(out / "stderr.txt") if not timed_out and watchdog.breach is None else None
     return Training(work=genome.work, sandbox=genome.level, returncode=genome.proc.returncode,
                     timed_out=timed_out and watchdog.breach is None, wall_seconds=wall, grace_s=grace, breach=breach,
-                    clock=clock_verdict(times, start, exited, job.budget_s, allowance, cpu_before),
+                    clock=clock_verdict(times, start, exited, job.budget_s, allowance),
                     limits=genome.limits.describe(), leftover_processes=leftovers, peak_memory_mb=watchdog.peak_mb,
                     peak_procs=watchdog.peak_procs, cpu_seconds=max(0.0, watchdog.cpu_seconds - baseline),
                     escaped_processes=genome.procs.escaped, pid=genome.proc.pid, starter_wait_s=waited)

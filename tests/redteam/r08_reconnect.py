@@ -1,18 +1,16 @@
 """RED TEAM - gaming catalog row 8: timer tricks, work outside the timed region (before connect).
 
-What it tries: lab.connect() starts the budget clock, and the runner lets interpreter start and
-imports before connect() take up to STARTUP_ALLOWANCE_S (10 s) for free. This genome turns that
-allowance into training time: it connects once to get train batches, trains ignoring that run's
+What it tries (written when lab.connect() started the budget clock and the runner let startup
+before connect() take up to 10 s for free; the clock now starts at `go`, so there is no allowance
+left to turn into training time): it connects once to get train batches, trains ignoring that run's
 clock, and every CHUNK steps calls lab.connect() AGAIN to read how much a fresh run would get.
 While the pre-connect time is inside the allowance a fresh run still gets the full budget; once
 the allowance is spent it shrinks. When a fresh run would get less than KEEP of the budget, it
 keeps that run, trains until its time_left() reaches zero and submits through it: to the budget
 probe it looks punctual. Static-check clean (lab.connect is the contract).
 Prints `REDTEAM {json}`: steps before and after the last connect and the time_left probes.
-What evo must produce, and does: work before connect() beyond the allowance comes out of the
-budget (the fresh runs' time_left falls below the budget), so the extra training is bounded by
-the allowance. What it cannot prevent: up to STARTUP_ALLOWANCE_S minus the real startup time of
-free training, unflagged (5x the training of an honest genome at a 2 s budget; ~2% at 300 s).
+What evo must produce, and does: one clock, from `go`: a second connect returns the same run, and
+all its training fits the one budget.
 """
 import json
 import time

@@ -16,7 +16,7 @@ from conftest import GENOMES
 from test_redteam import report, variant  # noqa: F401  (the first pass's helpers)
 from test_redteam import slot as redteam_slot
 from gpt import sandbox
-from gpt.clock import default_export_allowance
+from gpt.clock import budget_tolerance, default_export_allowance
 from gpt.result import SlotResult
 from gpt.sealing import seal
 from gpt.static_checks import check_source
@@ -59,6 +59,23 @@ def test_x_clock_stack_hidden_connect_plus_early_submit_gains_no_unflagged_time(
     assert ok(twin) and a["clock_fd"] is not None
     assert a["train_s"] > 2.0 + 5.0  # the attack really trained far past the budget
     assert result.status == "flagged" and "budget" in result.reason, result
+
+
+@pytest.mark.slow
+def test_x_training_before_connect_is_on_the_clock(small_dataset, tmp_path):
+    """The clock starts at `go`, the genome's first line: 2.5 s of training before lab.connect() plus a
+    full budget after it is a late submit (under the old clock, from connect, it scored as punctual)."""
+    genome = RED / "x_train_before_connect.py"
+    assert not [f for f in check_source(genome.read_text()) if f.severity == "reject"]
+    result, stdout = slot(genome, small_dataset, tmp_path / "attack", budget_s=2.0)
+    twin, twin_out = slot(variant(genome, tmp_path, MODE="honest"), small_dataset, tmp_path / "honest", budget_s=2.0)
+    a, h = report(stdout), report(twin_out)
+    print(f"train before connect: {a} -> {result.status} {result.reason}, train_seconds {result.train_seconds}; "
+          f"honest twin {h} -> {twin.status}, train_seconds {twin.train_seconds}")
+    assert a["pre_s"] >= 2.5 and a["post_s"] >= 2.0  # it really trained 2.5 s before connect and 2 s after
+    assert result.status == "flagged" and "budget" in result.reason, result
+    assert ok(twin), twin  # the same pre-connect work, then the lab's clock: on time
+    assert h["post_s"] < 0.5 and twin.train_seconds < 2.0 + budget_tolerance(2.0)  # connect found the budget spent
 
 
 # ---------------------------------------------------------------- causality probe coverage

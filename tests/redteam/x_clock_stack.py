@@ -10,7 +10,8 @@ What it tries (no monkeypatch, no environ, no lab private name, no path literal)
    export allowance), then calls run.submit(model), whose own `submit` the runner ignores.
 With MODE set to "honest" it is the twin: same model, trains until run.time_left() <= 0 and submits.
 Prints `REDTEAM {json}`: steps and the seconds it really trained (its own monotonic clock).
-What evo must produce: flagged `budget` (or no extra training time).
+What evo must produce: flagged `budget` (or no extra training time). (The spawn + 10 s start it
+aims at is gone: the clock now starts at `go`; the silenced `connect` is still flagged.)
 """
 import time
 
@@ -31,7 +32,7 @@ WIDTH = 16
 SEQ_LEN = 64
 BATCH_SIZE = 16
 LEARNING_RATE = 0.003
-ALLOWANCE_S = 10.0  # gpt.lab.STARTUP_ALLOWANCE_S, a public number
+ALLOWANCE_S = 10.0  # the startup allowance the clock had until 2026-12-04
 MARGIN_S = 1.0
 STEAL_S = 3.0
 CONTEXT, HIDDEN = 4, 128
