@@ -35,6 +35,7 @@ class SlotJob:
     disk_mb: int = sandboxing.DEFAULT_DISK_MB  # cap on each file and on the work dir's total size; 0: no cap
     max_procs: int = sandboxing.DEFAULT_MAX_PROCS  # cap on the slot's live processes (polled); 0: no cap
     warm_dir: str = ""  # where the next job's warm slot is staged (gpt.warm); '' for a one-off slot
+    scorer_dir: str = ""  # where a scorer kept between jobs has its scratch (gpt.scorer); '' : beside the out dir
     static_checks: bool = True  # False only for tests and red-team runs that must reach the sandbox
 
     def limits(self) -> sandboxing.Limits:

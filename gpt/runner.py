@@ -4,9 +4,10 @@ One slot, step by step:
 0. static checks (`gpt.static_checks`) read the genome's source: a `reject` finding fails
    the slot at once (reason `rejected`) without starting any process;
 1. a fresh evaluation directory; the genome is copied to `work/genome.py`;
-2. the scorer process starts at once, in its own sandbox (it imports torch while the genome trains;
-   `gpt.scorer`); in a run, both it and the genome's interpreter were started while the previous
-   genome was scored (a warm slot, `gpt.warm`), so their imports are off this slot's clock;
+2. a scorer process of the slot's shape, in its own sandbox: one kept from an earlier job (its imports
+   done), or a new one that imports torch while the genome trains (`gpt.scorer`); in a run, the genome's
+   interpreter may have been started while the previous genome was scored (a warm slot, `gpt.warm`), so
+   its imports are off this slot's clock;
 3. `genome.py` runs (`gpt.training`, under `python -m gpt.starter`) in a sandbox (`gpt.sandbox`: bwrap,
    netns or none; `auto` picks the strongest that works here) with a minimal environment (no API keys: the parent's
    environment is not inherited), a slot spec naming only the train split, rlimits on
@@ -40,7 +41,7 @@ from gpt import artifact, processes, starter, warm
 from gpt import sandbox as sandboxing
 from gpt.protocol import EXPORT_ERROR_NAME
 from gpt.result import SlotResult
-from gpt.scorer import Scorer
+from gpt import scorer as scorers
 from gpt.static_checks import check_source, format_findings
 from gpt.training import MEMORY_ERRORS, GenomeProcess, Training, tail
 from gpt.job import CONTENDED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
@@ -132,13 +133,14 @@ def run_slot(job: SlotJob) -> SlotResult:
 
 
 def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
-    """Start the scorer, run the genome, score what it submitted; the runner's own measurements added.
-    A warm slot (gpt.warm) started both processes already; the next one starts once this genome is dead."""
+    """Run the genome beside a scorer of its shape, score what it submitted; the runner's own measurements
+    added. A warm slot (gpt.warm) started the genome's interpreter already, and a scorer kept from an earlier
+    job (gpt.scorer) has its imports done; the next genome's interpreter starts once this genome is dead."""
     processes.reap_orphans()
     ready = warm.take(job, level)
     genome = ready.genome if ready else GenomeProcess(job, level, out, bare=not _imports_torch(job))
     try:
-        scorer = ready.scorer if ready else Scorer(job, out, level, genome.work)
+        scorer = scorers.take(job, level, Path(job.scorer_dir) if job.scorer_dir else out.parent)
     except BaseException:
         genome.discard()
         raise
@@ -150,14 +152,18 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
             _prepare_next(job, level)  # the genome is dead: the next one's imports overlap this one's scoring
             result = _training_outcome(job, out, ran)
         if result is None:
-            request = {"artifact": str(ran.work), "dataset": job.dataset, "seq_len": job.eval_seq_len,
+            request = {"dataset": job.dataset, "seq_len": job.eval_seq_len,
                        "eval_tokens": job.eval_tokens, "device": job.device, "test": job.test,
                        "threads": job.threads, "probe_seed": secrets.randbits(63)}  # the genome never sees it
             eval_start = time.monotonic()
-            result = scorer.score(request)
+            result = scorer.score(request, ran.work)
             result.eval_seconds = time.monotonic() - eval_start
-    finally:
+    except BaseException:
         scorer.close()
+        raise
+    else:
+        scorers.give_back(scorer)  # ended instead if it died
+    finally:
         processes.reap_orphans()
         if ready:
             ready.move_into(out)

@@ -3,8 +3,9 @@
 This process never imports genome code: it loads the artifact through `gpt.artifact` (data:
 a checked graph of ATen ops and safetensors weights), computes log-softmax over the full
 logits itself and divides by the byte length of every target token. Run as
-`python -m gpt.score` with a JSON request on stdin and the JSON result on stdout; it
-imports torch before reading stdin so the slot runner can start it early.
+`python -m gpt.score`: one JSON request per line on stdin, one JSON answer per line on stdout,
+for as many artifacts as the runner sends (gpt.scorer keeps the process between slots); it imports
+torch before reading stdin so the runner can start it early.
 
 The metric: bits per byte on the split's *documents only* (`Dataset.text_tokens`: the planted
 canaries are cut out of the stream), in windows of `seq_len` that start 2 x `seq_len` apart
@@ -32,6 +33,7 @@ non-finite probe statistic fails the probe.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -418,17 +420,27 @@ def _warm_imports() -> None:
     import torch._export.serde.serialize  # noqa: F401
 
 
+SCORER_SEED = 0  # every request starts from the same RNG state, whatever the scorer scored before
+
+
 def main() -> None:
+    """One request per line on stdin, one answer per line on stdout, until end of input."""
     _warm_imports()
-    request = json.loads(sys.stdin.read() or "null")
-    if request is None:  # the runner closed stdin: nothing to score
-        return
-    if request.get("threads"):
-        torch.set_num_threads(int(request["threads"]))
-    answer = score(request).to_dict()
-    json.dump({k: answer[k] for k in SCORER_FIELDS}, sys.stdout)  # the scorer answers only what it measures
-    sys.stdout.flush()
-    os._exit(0)  # tearing down torch's export stack takes a second, on the slot's clock
+    if "--device" in sys.argv:  # the GPU context exists before any genome of this slot trains, not after the first
+        torch.zeros(1, device=sys.argv[sys.argv.index("--device") + 1])
+    for line in sys.stdin:
+        request = json.loads(line)
+        torch.manual_seed(SCORER_SEED)
+        if request.get("threads"):
+            torch.set_num_threads(int(request["threads"]))
+        answer = score(request).to_dict()
+        sys.stdout.write(json.dumps({k: answer[k] for k in SCORER_FIELDS}) + "\n")  # only what it measures
+        sys.stdout.flush()
+        del answer
+        gc.collect()  # the artifact's graph and weights, before the next genome trains beside this process
+        if request.get("device", "cpu").startswith("cuda"):
+            torch.cuda.empty_cache()  # the next genome trains beside this scorer: it holds no cached blocks
+    os._exit(0)  # tearing down torch's export stack takes a second
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""Warm slots: the next genome's interpreter and scorer, started while this slot is scored.
+"""Warm slots: the next genome's interpreter, started while this slot is scored.
 
-A slot's fixed cost is mostly two Python processes importing torch (the genome's and the scorer's).
-When a job asks for it (`SlotJob.warm_dir`), the runner starts both for the *next* job of the same
-shape as soon as this job's genome is dead, from the slot's own long-lived thread, so their imports
-overlap this job's scoring instead of the next genome's clock or its training, and nothing of one
-genome is alive while the next one's processes exist. A warm slot is a fresh `GenomeProcess`
-(gpt.training) and a fresh `Scorer` (gpt.scorer), each used once, in a staging folder of their own
-that becomes the next slot's out dir contents; no genome code runs in them before the next job's
+A cold slot's fixed cost is mostly its genome's Python process importing torch (the scorer is kept
+between jobs: gpt.scorer). When a job asks for it (`SlotJob.warm_dir`), the runner starts that
+process for the *next* job of the same shape as soon as this job's genome is dead, from the slot's
+own long-lived thread, so its imports overlap this job's scoring instead of the next genome's clock,
+and nothing of one genome is alive while the next one's process exists. A warm slot is a fresh
+`GenomeProcess` (gpt.training), used once, in a staging folder of its own that becomes the next
+slot's out dir contents; no genome code runs in them before the next job's
 `go`. A shape is everything fixed when a sandbox starts: the level, the dataset (its train file's
 identity too), the device, threads, environment, caps and the warm dir, which a run gives each slot
 its own of. A warm slot nobody takes within `IDLE_S` is ended, and so is every one left when the
@@ -23,29 +23,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt.scorer import Scorer
+from gpt import scorer as scorers
 from gpt.training import GenomeProcess
 
 if TYPE_CHECKING:
     from gpt.job import SlotJob
 
 IDLE_S = 600.0  # a warm slot waits this long for its job (its processes hold memory meanwhile)
-MOVED = ("work", "scorer", "slot_spec.json")  # what a warm slot's stage holds, moved into the out dir
+MOVED = ("work", "slot_spec.json")  # what a warm slot's stage holds, moved into the out dir
 
 
 @dataclass
 class WarmSlot:
     stage: Path
     genome: GenomeProcess
-    scorer: Scorer
 
     def discard(self) -> None:
-        self.scorer.close()
         self.genome.discard()
         shutil.rmtree(self.stage, ignore_errors=True)
 
     def move_into(self, out: Path) -> None:
-        """The stage's files become the slot's own (work dir, scorer scratch, spec), as a cold slot has them."""
+        """The stage's files become the slot's own (work dir, spec), as a cold slot has them."""
         for name in MOVED:
             if (self.stage / name).exists():
                 target = out / name
@@ -70,30 +68,28 @@ def shape(job: SlotJob, level: str) -> tuple:
 
 
 def take(job: SlotJob, level: str) -> WarmSlot | None:
-    """The warm slot started for a job of this shape, if one is ready and both of its processes live."""
+    """The warm slot started for a job of this shape, if one is ready and its process lives."""
     with _LOCK:
         entry = _READY.pop(shape(job, level), None)
     if entry is None:
         return None
     warm, timer = entry
     timer.cancel()
-    if warm.genome.alive() and warm.scorer.proc.poll() is None:
+    if warm.genome.alive():
         return warm
     warm.discard()
     return None
 
 
 def prepare(job: SlotJob, level: str) -> None:
-    """Start the next job's genome interpreter and scorer now (call once this job's genome is dead)."""
+    """Start the next job's genome interpreter now (call once this job's genome is dead)."""
     if not job.warm_dir:
         return
     sweep(Path(job.warm_dir))
     stage = Path(job.warm_dir) / uuid.uuid4().hex[:12]
-    genome = GenomeProcess(job, level, stage)
     try:
-        warm = WarmSlot(stage, genome, Scorer(job, stage, level, genome.work))
+        warm = WarmSlot(stage, GenomeProcess(job, level, stage))
     except BaseException:
-        genome.discard()
         shutil.rmtree(stage, ignore_errors=True)
         raise
     key = shape(job, level)
@@ -130,13 +126,14 @@ def _expire(key: tuple, warm: WarmSlot) -> None:
 
 
 def discard_all() -> None:
-    """End every warm slot of this process (the run is over, or Ctrl-C)."""
+    """End every warm slot and every idle scorer of this process (the run is over, or Ctrl-C)."""
     with _LOCK:
         entries = list(_READY.values())
         _READY.clear()
     for warm, timer in entries:
         timer.cancel()
         warm.discard()
+    scorers.discard_idle()
 
 
 atexit.register(discard_all)

@@ -218,7 +218,7 @@ def run_remote(remote: RemoteJob, payload: bytes | None = None) -> RemoteOutcome
         job = replace(remote.job, genome=str(genome), dataset=str(dataset), out_dir=str(scratch / "out"),
                       env={**remote.job.env, **gpu_env(remote.gpu)},
                       warm_dir=str(worker_root() / "warm" / ("cpu" if remote.gpu is None else f"gpu{remote.gpu}"))
-                      if remote.job.warm_dir else "")
+                      if remote.job.warm_dir else "", scorer_dir=str(worker_root() / "scorers"))
         result = run_slot(job)
         result.worker = identity()
         out = scratch / "out"

@@ -1,0 +1,113 @@
+"""The scorer kept between jobs (gpt.scorer): real runner, real sandboxed scorer processes.
+
+One scorer process serves consecutive slots of one shape; what it answers for an artifact does not
+depend on what it scored before (the same numbers a fresh scorer gives); a scorer that died, or
+whose scratch is gone, is never used again; the artifact is back in its work dir after scoring, a
+plain file with one link; a slot of another shape gets a scorer of its own.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from gpt import sandbox, scorer as scorers
+from gpt.runner import SlotJob
+from test_runner import slot
+
+
+@pytest.fixture(autouse=True)
+def no_idle_scorers():
+    scorers.discard_idle()
+    yield
+    scorers.discard_idle()
+
+
+def _idle_pids() -> list[int]:
+    return [s.proc.pid for s in scorers._IDLE]
+
+
+def _comparable(result) -> tuple:
+    return (result.status, result.val_bpb, result.heldout_bpb, result.scored_tokens, result.probes)
+
+
+def test_consecutive_slots_share_one_scorer_that_answers_as_a_fresh_one(small_dataset, tmp_path):
+    first = slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    (pid,) = _idle_pids()
+    second = slot("evo_tiny.py", small_dataset, tmp_path / "b", budget_s=2.0)
+    assert (first.status, second.status) == ("ok", "ok"), (first.detail, second.detail)
+    assert _idle_pids() == [pid] and scorers._IDLE[0].jobs == 2  # the second slot paid no scorer start
+    for out in (tmp_path / "a", tmp_path / "b"):  # each artifact went back where the genome wrote it
+        for name in ("program.json", "weights.safetensors"):
+            st = os.lstat(out / "work" / name)
+            assert st.st_nlink == 1 and os.path.isfile(out / "work" / name)
+        assert not any(p.name.startswith(".scorer-") for p in out.iterdir())
+    # the same artifact, the same probe seed: the kept scorer (after another artifact) and a fresh one agree
+    job = SlotJob(genome="", dataset=str(small_dataset.path), out_dir=str(tmp_path / "a"), budget_s=2.0,
+                  threads=1, eval_tokens=2048, eval_seq_len=64)
+    level = sandbox.resolve_level("auto")
+    request = {"dataset": job.dataset, "seq_len": 64, "eval_tokens": 2048, "device": "cpu", "threads": 1,
+               "probe_seed": 12345}
+    kept = scorers.take(job, level, tmp_path)
+    assert kept.proc.pid == pid
+    fresh = scorers.Scorer(job, level, tmp_path)
+    try:
+        again = kept.score(request, tmp_path / "b" / "work")
+        assert again.ok
+        assert _comparable(kept.score(request, tmp_path / "a" / "work")) == \
+            _comparable(fresh.score(request, tmp_path / "a" / "work"))
+    finally:
+        fresh.close()
+        kept.close()
+
+
+def test_a_dead_scorer_or_one_whose_scratch_is_gone_is_replaced(small_dataset, tmp_path):
+    slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    (dead,) = scorers._IDLE
+    os.kill(dead.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while dead.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0)
+    assert second.ok, second.detail  # a new scorer, not a crash
+    (new,) = scorers._IDLE
+    assert new.proc.pid != dead.proc.pid and not dead.scratch.exists()
+    import shutil
+
+    shutil.rmtree(new.scratch)  # e.g. a worker's scratch folder removed under it
+    third = slot("evo_steps.py", small_dataset, tmp_path / "c", budget_s=2.0)
+    assert third.ok, third.detail
+    assert _idle_pids() != [new.proc.pid] and new.proc.poll() is not None  # ended, not reused
+
+
+def test_a_scorer_that_dies_while_scoring_fails_that_slot_only(small_dataset, tmp_path):
+    first = slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    (kept,) = scorers._IDLE
+    job = SlotJob(genome="", dataset=str(small_dataset.path), out_dir=str(tmp_path / "a"), budget_s=2.0,
+                  threads=1, eval_tokens=2048, eval_seq_len=64)
+    taken = scorers.take(job, sandbox.resolve_level("auto"), tmp_path)
+    assert taken is kept and first.ok
+    kept.proc.stdin.write("not a request\n")  # its main loop dies on it, as on a crash mid-request
+    kept.proc.stdin.flush()
+    request = {"dataset": job.dataset, "seq_len": 64, "eval_tokens": 2048, "device": "cpu", "threads": 1,
+               "probe_seed": 1}
+    broken = kept.score(request, tmp_path / "a" / "work")
+    assert broken.status == "failed" and broken.reason == "score_error", broken
+    assert kept.proc.poll() is not None and not kept.scratch.exists()  # ended, its scratch removed
+    assert (tmp_path / "a" / "work" / "weights.safetensors").is_file()  # the artifact came back
+    scorers.give_back(kept)  # a dead one is not kept
+    assert scorers._IDLE == []
+    assert slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0).ok
+
+
+def test_slots_of_another_shape_get_their_own_scorer_and_idle_ones_are_capped(small_dataset, tmp_path):
+    slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0, threads=2)
+    assert len(set(_idle_pids())) == 2  # one per shape (threads differ)
+    slot("evo_steps.py", small_dataset, tmp_path / "c", budget_s=2.0, eval_tokens=1024)  # same shape as a
+    assert len(scorers._IDLE) == 2
+    oldest = scorers._IDLE[0]
+    slot("evo_steps.py", small_dataset, tmp_path / "d", budget_s=2.0, memory_mb=3000)  # a third shape
+    assert len(scorers._IDLE) == scorers.MAX_IDLE and oldest not in scorers._IDLE and oldest.proc.poll() is not None
