@@ -53,7 +53,9 @@ STRING_ARGUMENTS = {("gelu", "approximate"), ("gelu_backward", "approximate"), (
                     ("einsum", "equation"), ("pad", "mode"), ("searchsorted", "side"), ("_assert_scalar", "assert_msg"),
                     ("_assert_async", "assert_msg"), ("_assert_tensor_metadata", "dtype"),
                     ("linalg_vector_norm", "ord"), ("upsample_nearest1d", "mode")}
-DENIED_OPS = {"from_file", "_print", "save", "load", "_assert_scalar_unsafe"}
+# `_reshape_alias` builds a view from sizes and strides it never checks against the storage: a red-team graph
+# (2026-12-04) read megabytes of the scorer's heap through it (a stride that wraps to a negative offset)
+DENIED_OPS = {"from_file", "_print", "save", "load", "_assert_scalar_unsafe", "_reshape_alias", "_reshape_alias_copy"}
 # ops that hand out uninitialized memory (which still holds what earlier calls left there) are not refused here;
 # the scorer fills new memory instead (torch.utils.deterministic.fill_uninitialized_memory), see gpt.score
 OPERATOR_TARGETS = {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
@@ -219,7 +221,7 @@ def _aten_schema(name: str, overload: str, target: str):
     import torch
 
     if name in DENIED_OPS:
-        raise BadArtifact(f"the graph calls {target}, which touches files or the terminal; {FIX}")
+        raise BadArtifact(f"the graph calls {target}, which touches files or the terminal or views memory past its tensor; {FIX}")
     try:
         packet = getattr(torch.ops.aten, name)
         return getattr(packet, overload)._schema

@@ -870,3 +870,24 @@ def test_a_genome_that_saves_a_pt2_archive_itself_gets_nothing_scored(small_data
     result = run_slot(SlotJob(genome=str(genome), dataset=str(small_dataset.path), out_dir=str(tmp_path / "slot"),
                               budget_s=2.0, grace_s=30.0, eval_tokens=1024, threads=1, static_checks=False))
     assert (result.status, result.reason) == ("failed", "no_submit"), result
+
+
+class UncheckedView(nn.Module):
+    """A view made by aten._reshape_alias, whose sizes and strides are never checked against the storage
+    (a red-team graph read the scorer's heap through it, 2026-12-04)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(256, 8), nn.Linear(8, 256)
+
+    def forward(self, idx):
+        y = self.head(self.embed(idx))
+        return torch.ops.aten._reshape_alias.default(y, list(y.shape), list(y.stride()))
+
+
+def test_a_graph_with_an_unchecked_view_op_is_refused(tmp_path):
+    program = torch.export.export(UncheckedView(), (torch.zeros(2, 16, dtype=torch.long),))
+    assert any("_reshape_alias" in str(n.target) for n in program.graph.nodes)
+    artifact.save(program, tmp_path)
+    with pytest.raises(BadArtifact, match="_reshape_alias"):
+        artifact.load(tmp_path)
