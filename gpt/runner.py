@@ -140,7 +140,9 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
     ready = warm.take(job, level)
     genome = ready.genome if ready else GenomeProcess(job, level, out, bare=not _imports_torch(job))
     try:
-        scorer = scorers.take(job, level, Path(job.scorer_dir) if job.scorer_dir else out.parent)
+        near = Path(job.scorer_dir) if job.scorer_dir else out.parent
+        # a test score (evo export) gets a scorer of its own, ended after: no kept process holds test text
+        scorer = scorers.Scorer(job, level, near) if job.test else scorers.take(job, level, near)
     except BaseException:
         genome.discard()
         raise
@@ -162,7 +164,10 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
         scorer.close()
         raise
     else:
-        scorers.give_back(scorer)  # ended instead if it died
+        if job.test:
+            scorer.close()
+        else:
+            scorers.give_back(scorer)  # ended instead if it died
     finally:
         processes.reap_orphans()
         if ready:

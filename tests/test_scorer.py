@@ -111,3 +111,12 @@ def test_slots_of_another_shape_get_their_own_scorer_and_idle_ones_are_capped(sm
     oldest = scorers._IDLE[0]
     slot("evo_steps.py", small_dataset, tmp_path / "d", budget_s=2.0, memory_mb=3000)  # a third shape
     assert len(scorers._IDLE) == scorers.MAX_IDLE and oldest not in scorers._IDLE and oldest.proc.poll() is not None
+
+
+def test_a_test_score_gets_a_scorer_of_its_own_that_is_not_kept(small_dataset, tmp_path):
+    """`evo export` scores the test split: no kept scorer may hold test text in its memory afterwards."""
+    slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    (kept,) = scorers._IDLE
+    exported = slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0, test=True)
+    assert exported.ok and exported.test_bpb is not None, exported.detail
+    assert scorers._IDLE == [kept] and kept.jobs == 1  # the kept one did not score the test split
