@@ -29,6 +29,8 @@ import re
 import stat
 from pathlib import Path
 
+from gpt.allowed_ops import is_allowed
+
 PROGRAM_FILE = "program.json"
 WEIGHTS_FILE = "weights.safetensors"
 FILES = (PROGRAM_FILE, WEIGHTS_FILE)
@@ -49,13 +51,10 @@ INPUT_KINDS = {"user_input", "parameter", "buffer", "tensor_constant"}
 OUTPUT_KINDS = {"user_output"}  # no buffer or input mutations, no gradients, no tokens
 # string arguments are allowed only where an ATen op takes a mode name; `aten::from_file(str filename)`
 # reads a file and `aten::_print(str)` writes to stdout, so any other string argument is refused
-STRING_ARGUMENTS = {("gelu", "approximate"), ("gelu_backward", "approximate"), ("div", "rounding_mode"),
-                    ("einsum", "equation"), ("pad", "mode"), ("searchsorted", "side"), ("_assert_scalar", "assert_msg"),
+STRING_ARGUMENTS = {("gelu", "approximate"), ("div", "rounding_mode"),
+                    ("einsum", "equation"), ("pad", "mode"), ("_assert_scalar", "assert_msg"),
                     ("_assert_async", "assert_msg"), ("_assert_tensor_metadata", "dtype"),
                     ("linalg_vector_norm", "ord"), ("upsample_nearest1d", "mode")}
-# `_reshape_alias` builds a view from sizes and strides it never checks against the storage: a red-team graph
-# (2026-12-04) read megabytes of the scorer's heap through it (a stride that wraps to a negative offset)
-DENIED_OPS = {"from_file", "_print", "save", "load", "_assert_scalar_unsafe", "_reshape_alias", "_reshape_alias_copy"}
 # ops that hand out uninitialized memory (which still holds what earlier calls left there) are not refused here;
 # the scorer fills new memory instead (torch.utils.deterministic.fill_uninitialized_memory), see gpt.score
 OPERATOR_TARGETS = {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
@@ -220,8 +219,10 @@ def _aten_schema(name: str, overload: str, target: str):
     """The op's schema, resolved only by attribute names that passed the identifier pattern."""
     import torch
 
-    if name in DENIED_OPS:
-        raise BadArtifact(f"the graph calls {target}, which touches files or the terminal or views memory past its tensor; {FIX}")
+    if not is_allowed(name):
+        raise BadArtifact(f"the graph calls {target}, which is not one of the operators the scorer runs "
+                          f"(gpt/allowed_ops.py: ordinary tensor arithmetic, reductions, views, indexing and nn "
+                          f"layers; nothing unsafe, sparse, nested, quantized or strided by hand); {FIX}")
     try:
         packet = getattr(torch.ops.aten, name)
         return getattr(packet, overload)._schema
@@ -431,7 +432,26 @@ def _load(folder: Path, max_weight_bytes: int):
     sig = program.graph_signature
     if sig.buffers_to_mutate or sig.user_inputs_to_mutate or getattr(sig, "parameters_to_mutate", None):
         raise BadArtifact(f"the program changes its buffers, parameters or inputs while it runs; {FIX}")
+    _check_graph_calls(program)
     return program, program.module()
+
+
+def _check_graph_calls(program) -> None:
+    """What runs is what was checked: every call of the rebuilt (and functionalized) graph is an
+    allowed ATen operator or one of the shape-arithmetic builtins, whatever torch's reader made of the JSON."""
+    import torch
+
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload):
+            namespace, _, name = target._schema.name.partition("::")
+            if namespace == "aten" and is_allowed(name):
+                continue
+        elif f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in OPERATOR_TARGETS | SYM_TARGETS:
+            continue
+        raise BadArtifact(f"the rebuilt graph calls {target}, which is not one of the operators the scorer runs; {FIX}")
 
 
 # ops that update their running statistics in place in training mode although their schema says no write
