@@ -102,7 +102,8 @@ class DaskSlotPool:
         self._payload = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # its reconnect tracebacks: our notes say it
+        for name in ("distributed.client", "distributed.batched"):  # a lost scheduler: our notes say it
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         self._refresh()
         self._monitor = threading.Thread(target=self._watch, name="dask-slots", daemon=True)
         self._monitor.start()

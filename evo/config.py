@@ -71,9 +71,10 @@ class RunConfig:
     eval_seq_len: int = _key(256, "slots", "context length the scorer feeds the model", minimum=8)
     contended_share: float = _key(0.4, "slots", "a CPU slot whose processes got less than this share of its "
                                   "threads' time was starved: re-run, not folded in (0: never)", minimum=0)
-    warm: str = _key("auto", "slots", "start the next genome's interpreter and scorer while a slot is scored "
-                     "(each genome still gets fresh processes); auto: on GPU slots, and on CPU slots that leave "
-                     "cores idle (where the slots use every core it only moves the imports' CPU into scoring)",
+    warm: str = _key("auto", "slots", "start the next genome's interpreter near a slot's end (bwrap) or while "
+                     "it is scored, and keep the scorer (each genome still gets fresh processes); auto: on GPU "
+                     "slots, and on CPU slots that leave cores idle (where the slots use every core it only moves "
+                     "the imports' CPU into the slot before)",
                      choices=("auto", "on", "off"))
     dask_scheduler: str = _key("", "slots", "address of a running Dask scheduler whose workers run the slots "
                                "(empty: local slots, or the [cluster] table)", flag="--dask-scheduler")

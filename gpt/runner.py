@@ -135,7 +135,8 @@ def run_slot(job: SlotJob) -> SlotResult:
 def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
     """Run the genome beside a scorer of its shape, score what it submitted; the runner's own measurements
     added. A warm slot (gpt.warm) started the genome's interpreter already, and a scorer kept from an earlier
-    job (gpt.scorer) has its imports done; the next genome's interpreter starts once this genome is dead."""
+    job (gpt.scorer) has its imports done; the next genome's interpreter starts near this one's deadline
+    (bwrap) or once this genome is dead."""
     processes.reap_orphans()
     ready = warm.take(job, level)
     genome = ready.genome if ready else GenomeProcess(job, level, out, bare=not _imports_torch(job))
@@ -147,11 +148,17 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
         genome.discard()
         raise
     try:
-        ran = genome.run(job, out)
+        early = warm.early_start(job, level)
+        prepared = []  # the next job's warm slot, once started
+        near_end = (early, lambda: prepared.append(_prepare_next(job, level))) if early is not None else None
+        ran = genome.run(job, out, near_end)
         if genome.cancelled:  # a cancelled Dask job: nobody reads this result and no next job comes
+            if prepared and (unused := warm.take(job, level)):
+                unused.discard()
             result = SlotResult(status="failed", reason="cancelled", detail="the controller cancelled the job")
         else:
-            _prepare_next(job, level)  # the genome is dead: the next one's imports overlap this one's scoring
+            if not prepared:  # the genome is dead (or ended early): the next one's imports overlap the scoring
+                _prepare_next(job, level)
             result = _training_outcome(job, out, ran)
         if result is None:
             request = {"dataset": job.dataset, "seq_len": job.eval_seq_len,

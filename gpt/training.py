@@ -31,6 +31,8 @@ from gpt.protocol import CLOCK_FD_ENV, SPEC_ENV, SlotSpec
 from gpt.sealing import seal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gpt.job import SlotJob
 
 STDERR_TAIL_CHARS = 3000
@@ -178,6 +180,7 @@ class GenomeProcess:
         cmd = sandboxing.wrap_command(level, [sys.executable, "-m", "gpt.starter"] + ["--bare"] * bare, exposure,
                                       self.limits)
         self.token = uuid.uuid4().hex
+        self.spawned_at = time.monotonic()  # its imports take until the clock pipe's `ready`
         self.clock = ClockPipe()
         env = genome_env(self.spec_path, self.work, job.threads, job.env, self.token)
         env[CLOCK_FD_ENV] = str(self.clock.write_fd)
@@ -194,15 +197,16 @@ class GenomeProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, job: SlotJob, out: Path) -> Training:
-        """Hand the genome over and say `go`: the clock starts now. Returns what the runner saw."""
+    def run(self, job: SlotJob, out: Path, near_end: tuple[float, Callable[[], None]] | None = None) -> Training:
+        """Hand the genome over and say `go`: the clock starts now. Returns what the runner saw.
+        `near_end` = (seconds after go, call): called then, from this thread, if the genome still runs."""
         try:
-            return self._run(job, out)
+            return self._run(job, out, near_end)
         except BaseException:
             self.discard()  # nothing is left waiting (or running) when the hand-over itself failed
             raise
 
-    def _run(self, job: SlotJob, out: Path) -> Training:
+    def _run(self, job: SlotJob, out: Path, near_end) -> Training:
         self.run_by = threading.get_ident()  # the thread whose job this genome runs (a cancel ends it)
         shutil.copyfile(job.genome, self.work / "genome.py")
         asked = time.monotonic()
@@ -227,7 +231,9 @@ class GenomeProcess:
             pass
         timed_out = False
         try:
-            self.proc.wait(timeout=job.budget_s + grace)
+            if near_end and _still_running(self.proc, start + near_end[0] - time.monotonic()):
+                near_end[1]()
+            self.proc.wait(timeout=max(0.0, start + job.budget_s + grace - time.monotonic()))
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
@@ -246,6 +252,14 @@ class GenomeProcess:
         with _LIVE_LOCK:
             _LIVE_SLOTS.pop(self.proc.pid, None)
         processes.unregister_child(self.proc.pid)
+
+
+def _still_running(proc: subprocess.Popen, seconds: float) -> bool:
+    try:
+        proc.wait(timeout=max(0.0, seconds))
+    except subprocess.TimeoutExpired:
+        return True
+    return False
 
 
 def _measured(job: SlotJob, out: Path, genome: GenomeProcess, watchdog, times: dict, spans: tuple, timed_out: bool,

@@ -1,10 +1,14 @@
-"""Warm slots: the next genome's interpreter, started while this slot is scored.
+"""Warm slots: the next genome's interpreter, started before this slot is scored.
 
 A cold slot's fixed cost is mostly its genome's Python process importing torch (the scorer is kept
 between jobs: gpt.scorer). When a job asks for it (`SlotJob.warm_dir`), the runner starts that
-process for the *next* job of the same shape as soon as this job's genome is dead, from the slot's
-own long-lived thread, so its imports overlap this job's scoring instead of the next genome's clock,
-and nothing of one genome is alive while the next one's process exists. A warm slot is a fresh
+process for the *next* job of the same shape, from the slot's own long-lived thread, so its imports
+overlap this job instead of the next genome's clock. Under bwrap it starts in the last seconds of
+this genome's budget (`early_start`: about as long before the deadline as the last warm slot's imports
+took), so they are done when scoring begins and scoring runs alone: the two sandboxes have their own
+PID, mount, network and IPC namespaces, and the waiting interpreter holds no genome code. Under a
+weaker sandbox, where a genome could see or signal it, it starts once this genome is dead and its
+imports overlap the scoring. A warm slot is a fresh
 `GenomeProcess` (gpt.training), used once, in a staging folder of its own that becomes the next
 slot's out dir contents; no genome code runs in them before the next job's
 `go`. A shape is everything fixed when a sandbox starts: the level, the dataset (its train file's
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
     from gpt.job import SlotJob
 
 IDLE_S = 600.0  # a warm slot waits this long for its job (its processes hold memory meanwhile)
+FIRST_IMPORT_GUESS_S = 3.0  # a warm slot's imports (spawn to `ready`) before one has been measured
+EARLY_LEAD = 1.5  # an early warm slot starts this many times its imports' last duration before the deadline
 MOVED = ("work", "slot_spec.json")  # what a warm slot's stage holds, moved into the out dir
 
 
@@ -56,6 +62,7 @@ class WarmSlot:
 _READY: dict[tuple, tuple[WarmSlot, threading.Timer]] = {}
 _SWEPT: set[Path] = set()  # warm dirs whose leftovers from earlier processes are gone
 _LOCK = threading.Lock()
+_IMPORT_S = {"last": FIRST_IMPORT_GUESS_S}  # the last taken warm slot's spawn-to-ready seconds
 
 
 def shape(job: SlotJob, level: str) -> tuple:
@@ -75,14 +82,30 @@ def take(job: SlotJob, level: str) -> WarmSlot | None:
         return None
     warm, timer = entry
     timer.cancel()
+    _note_import_time(warm.genome)
     if warm.genome.alive():
         return warm
     warm.discard()
     return None
 
 
+def early_start(job: SlotJob, level: str) -> float | None:
+    """Seconds after `go` at which to start the next job's warm slot while this genome still trains
+    (never before half its budget), or None where it must wait until this genome is dead."""
+    if not job.warm_dir or level != "bwrap":
+        return None
+    return max(job.budget_s / 2, job.budget_s - EARLY_LEAD * _IMPORT_S["last"])
+
+
+def _note_import_time(genome: GenomeProcess) -> None:
+    """How long this warm slot's imports took, beside whatever ran then; one not done yet doubles the guess."""
+    ready = genome.clock.times.get("ready")
+    took = ready - genome.spawned_at if ready is not None else 2 * _IMPORT_S["last"]
+    _IMPORT_S["last"] = min(took, 60.0)
+
+
 def prepare(job: SlotJob, level: str) -> None:
-    """Start the next job's genome interpreter now (call once this job's genome is dead)."""
+    """Start the next job's genome interpreter now (at `early_start`, or once this job's genome is dead)."""
     if not job.warm_dir:
         return
     sweep(Path(job.warm_dir))

@@ -4,6 +4,7 @@ Each mode runs `--slots` consecutive slots of one genome in one process, as a ru
 (`gpt.runner.run_slot` once per job), alternating modes round by round so both see the same machine:
 
     before  the harness at `--base REV` (extracted with `git archive`): every slot starts cold
+    before-warm  the harness at `--base REV` with a warm dir
     cold    this tree, `warm_dir` empty: every slot starts cold
     warm    this tree with a warm dir: the next slot's interpreter and scorer start while a slot
             exports and is scored; the first slot of each sequence is cold and is left out
@@ -44,7 +45,7 @@ for k in range(args["slots"]):
     start = time.monotonic()
     r = run_slot(SlotJob(**job))
     row = {key: getattr(r, key, None) for key in ("status", "val_bpb", "slot_seconds", "startup_seconds",
-                                                  "export_seconds", "eval_seconds", "train_seconds")}
+                                                  "export_seconds", "eval_seconds", "train_seconds", "steps")}
     row.update(index=k, warm=getattr(r, "warm", False), cycle=(start - last) if last is not None else None)
     last = start
     print(json.dumps(row), flush=True)
@@ -98,26 +99,27 @@ def main() -> None:
           f"{args.rounds} rounds per mode, {args.threads} threads", file=sys.stderr)
     rows: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        base = tree_at(args.base, Path(tmp) / "base") if "before" in modes else None
+        base = tree_at(args.base, Path(tmp) / "base") if {"before", "before-warm"} & set(modes) else None
         for budget in args.budgets:
             for round_ in range(args.rounds):
                 for mode in modes:
-                    tree = base if mode == "before" else ROOT
+                    tree = base if mode.startswith("before") else ROOT
                     got = run_mode(tree, args, budget, round_, Path(tmp) / f"{mode}-{budget:g}-{round_}", dataset,
-                                   warm=mode == "warm")
+                                   warm=mode.endswith("warm"))
                     for r in got:
                         print(f"budget {budget:g} {mode} round {round_} slot {r['index']}: {r['status']} "
                               f"slot {r['slot_seconds']:.2f} s warm {r['warm']}", file=sys.stderr)
-                    kept = [r for r in got if not (mode == "warm" and r["index"] == 0)]
+                    kept = [r for r in got if not (mode.endswith("warm") and r["index"] == 0)]
                     rows.setdefault((budget, mode), []).extend(kept)
     print("| budget s | mode | slots | slot s | overhead s | overhead % | startup s | export s | scoring s | "
-          "cycle s | val_bpb |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "cycle s | steps | val_bpb |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (budget, mode), got in rows.items():
         overhead = med([{**r, "o": r["slot_seconds"] - budget} for r in got], "o")
         print(f"| {budget:g} | {mode} | {len(got)} | {med(got, 'slot_seconds'):.2f} | {overhead:.2f} | "
               f"{100 * overhead / budget:.1f} | {med(got, 'startup_seconds'):.2f} | {med(got, 'export_seconds'):.2f} | "
-              f"{med(got, 'eval_seconds'):.2f} | {med(got, 'cycle'):.2f} | {med(got, 'val_bpb'):.3f} |")
+              f"{med(got, 'eval_seconds'):.2f} | {med(got, 'cycle'):.2f} | {med(got, 'steps'):.0f} | "
+              f"{med(got, 'val_bpb'):.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Warm slots (gpt.warm): the next genome's interpreter starts while a slot is scored.
+"""Warm slots (gpt.warm): the next genome's interpreter starts near a slot's end (bwrap) or while it is scored.
 
 Real runner, real sandboxed processes: the second slot of a shape starts warm (its torch import was
 done before its clock started) in a process of its own with an empty work dir; a slot of another
@@ -6,13 +6,16 @@ shape starts cold; a warm slot whose process died is not used; nothing is left r
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import time
 from pathlib import Path
 
-from gpt import warm
+import pytest
+
+from gpt import sandbox, warm
 from test_runner import slot
 
 
@@ -142,3 +145,44 @@ def test_a_cancelled_job_warms_no_next_slot_and_scores_nothing(small_dataset, tm
         assert warm._READY == {} and _staged(warm_dir) == []
     finally:
         warm.discard_all()
+
+
+needs_bwrap = pytest.mark.skipif("bwrap" not in sandbox.available_levels(),
+                                 reason="bwrap is not usable here (make test installs it where it can)")
+
+
+@needs_bwrap
+def test_under_bwrap_the_next_interpreter_starts_before_this_genome_ends_and_is_ready_for_scoring(small_dataset,
+                                                                                                   tmp_path):
+    """In its own namespaces the next interpreter imports during this genome's last seconds, so the
+    imports neither wait for its death nor share the cores with its scoring."""
+    warm_dir = tmp_path / "warm"
+    try:
+        first = slot("evo_tiny.py", small_dataset, tmp_path / "a", warm_dir=str(warm_dir), budget_s=6.0,
+                     sandbox="bwrap")
+        returned = time.monotonic()
+        staged = next(iter(warm._READY.values()))[0]
+        assert first.ok and first.sandbox == "bwrap", first.detail
+        genome_exit = returned - first.eval_seconds  # the scoring began after the genome had exited
+        assert staged.genome.spawned_at < genome_exit - first.export_seconds - 0.5, \
+            (staged.genome.spawned_at, genome_exit)
+        second = slot("evo_tiny.py", small_dataset, tmp_path / "b", warm_dir=str(warm_dir), budget_s=6.0,
+                      sandbox="bwrap")
+        assert second.ok and second.warm is True and second.pid == staged.genome.proc.pid != first.pid
+        assert not _alive(first.pid) and not _alive(second.pid)
+    finally:
+        warm.discard_all()
+    assert _staged(warm_dir) == []
+
+
+def test_only_bwrap_starts_the_next_interpreter_while_a_genome_runs(tmp_path):
+    """A weaker sandbox shares a PID or mount namespace between slots: the next waits for the genome's death."""
+    from gpt.job import SlotJob
+
+    job = SlotJob(genome="g.py", dataset=str(tmp_path), out_dir=str(tmp_path / "o"), budget_s=30.0,
+                  warm_dir=str(tmp_path / "warm"))
+    at = warm.early_start(job, "bwrap")
+    assert at is not None and 15.0 <= at < 30.0
+    assert warm.early_start(job, "netns") is None and warm.early_start(job, "none") is None
+    assert warm.early_start(dataclasses.replace(job, warm_dir=""), "bwrap") is None
+    assert warm.early_start(dataclasses.replace(job, budget_s=2.0), "bwrap") == 1.0  # never before half the budget
