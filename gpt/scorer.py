@@ -93,9 +93,13 @@ class Scorer:
         never ok, and ends this scorer."""
         folder = self.scratch / uuid.uuid4().hex[:12]
         folder.mkdir()
-        moved = []
+        moved: list[str] = []
         try:
-            moved = _lend_artifact(work, folder)
+            try:
+                _lend_artifact(work, folder, moved)
+            except OSError as exc:  # the scorer was sent nothing: it stays usable
+                return SlotResult(status="failed", reason="score_error",
+                                  detail=f"the artifact could not be handed to the scorer: {exc}")
             self.proc.stdin.write(json.dumps({**request, "artifact": str(folder)}) + "\n")
             self.proc.stdin.flush()
             line = self._answers.get(timeout=SCORE_TIMEOUT_S)
@@ -132,11 +136,11 @@ class Scorer:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _lend_artifact(work: Path, into: Path) -> list[str]:
-    """Move the artifact's files into the scorer's scratch for one request (copied across file systems);
-    `_return_artifact` moves them back. The runner checked that they are plain files with one link,
-    after every process of the slot was dead; a move keeps them so (a hard link would not)."""
-    moved = []
+def _lend_artifact(work: Path, into: Path, moved: list[str]) -> None:
+    """Move the artifact's files into the scorer's scratch for one request (copied across file systems),
+    naming each moved one in `moved`; `_return_artifact` moves them back. The runner checked that they are
+    plain files with one link, after every process of the slot was dead; a move keeps them so (a hard link
+    would not)."""
     for name in artifact.FILES:
         source = work / name
         if not source.exists():
@@ -146,7 +150,6 @@ def _lend_artifact(work: Path, into: Path) -> list[str]:
             moved.append(name)
         except OSError:
             shutil.copyfile(source, into / name, follow_symlinks=False)
-    return moved
 
 
 def _return_artifact(into: Path, work: Path, moved: list[str]) -> None:

@@ -120,3 +120,37 @@ def test_a_test_score_gets_a_scorer_of_its_own_that_is_not_kept(small_dataset, t
     exported = slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0, test=True)
     assert exported.ok and exported.test_bpb is not None, exported.detail
     assert scorers._IDLE == [kept] and kept.jobs == 1  # the kept one did not score the test split
+
+
+def test_an_artifact_that_cannot_be_handed_over_fails_as_that_and_leaves_the_scorer_usable(small_dataset, tmp_path,
+                                                                                           monkeypatch):
+    """A full disk while the artifact is copied into the scorer's scratch (another file system) is not
+    the scorer running out of memory: the slot fails naming the copy, and the scorer, sent nothing, serves on."""
+    import errno
+
+    first = slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    (kept,) = scorers._IDLE
+    job = SlotJob(genome="", dataset=str(small_dataset.path), out_dir=str(tmp_path / "a"), budget_s=2.0,
+                  threads=1, eval_tokens=2048, eval_seq_len=64)
+    taken = scorers.take(job, sandbox.resolve_level("auto"), tmp_path)
+    assert taken is kept and first.ok
+    request = {"dataset": job.dataset, "seq_len": 64, "eval_tokens": 2048, "device": "cpu", "threads": 1,
+               "probe_seed": 1}
+
+    def cross_device(*_):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(scorers.os, "rename", cross_device)
+        patch.setattr(scorers.shutil, "copyfile", disk_full)
+        refused = kept.score(request, tmp_path / "a" / "work")
+    assert refused.status == "failed" and refused.reason == "score_error", refused
+    assert "could not be handed to the scorer" in refused.detail and "No space left" in refused.detail
+    assert kept.proc.poll() is None and (tmp_path / "a" / "work" / "weights.safetensors").is_file()
+    try:
+        assert kept.score(request, tmp_path / "a" / "work").ok  # the same scorer answers the next request
+    finally:
+        kept.close()
