@@ -45,9 +45,9 @@ LAYERS = {
     "embedding", "layer_norm", "native_layer_norm", "rms_norm", "group_norm", "native_group_norm", "batch_norm",
     "_native_batch_norm_legit_no_training",
     "_native_batch_norm_legit_functional", "instance_norm", "dropout", "native_dropout", "feature_dropout",
-    "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention", "conv1d", "conv2d", "convolution", "_convolution", "pad",
+    # only the public entry, which checks Q, K and V against each other: its fused kernels do not, and a
+    # red-team graph read the scorer's heap through _scaled_dot_product_flash_attention_for_cpu (helper-20)
+    "scaled_dot_product_attention", "conv1d", "conv2d", "convolution", "_convolution", "pad",
     "constant_pad_nd", "reflection_pad1d", "replication_pad1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool1d",
     "one_hot", "cosine_similarity", "upsample_nearest1d",
 }
@@ -75,6 +75,40 @@ CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_siz
 
 ALLOWED_OPS = frozenset(ELEMENTWISE | ACTIVATIONS | REDUCTIONS | LINEAR_ALGEBRA | LAYERS | SHAPES | INDEXING
                         | CREATION | CHECKS)
+
+
+# Allowed only behind a runtime check (gpt.artifact wraps each call): these kernels index their per-channel
+# tensors (weight, bias, running statistics) by the input's channel count and never compare the two, so a
+# one-element running_mean read the scorer's memory past its end (found 2026-12-06 by probing each op
+# above with a tensor that sits in front of sentinel memory). The public batch_norm checks; these do not.
+PER_CHANNEL_ARGUMENTS = {
+    "_native_batch_norm_legit_no_training": ("weight", "bias", "running_mean", "running_var"),
+    "_native_batch_norm_legit_functional": ("weight", "bias", "running_mean", "running_var"),
+}
+
+
+def checked(op):
+    """`op` (an OpOverload), or for an op in PER_CHANNEL_ARGUMENTS a function that first requires each
+    per-channel argument to hold exactly one value per input channel, and hands the kernel a dense copy."""
+    names = PER_CHANNEL_ARGUMENTS.get(op._schema.name.partition("::")[2])
+    if names is None:
+        return op
+    arguments = [a.name for a in op._schema.arguments]
+
+    def run(*args, **kwargs):
+        bound = dict(zip(arguments, args), **kwargs)
+        channels = bound["input"].shape[1] if bound["input"].dim() > 1 else 1
+        for name in names:
+            value = bound.get(name)
+            if value is None:
+                continue
+            if tuple(value.shape) != (channels,):
+                raise RuntimeError(f"{op}: {name} has shape {tuple(value.shape)}, the input has {channels} channels")
+            bound[name] = value.contiguous()
+        return op(**bound)
+
+    run.__name__ = run.__qualname__ = f"checked_{op._schema.name.partition('::')[2]}"
+    return run
 
 
 def is_allowed(name: str) -> bool:

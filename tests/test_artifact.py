@@ -324,6 +324,8 @@ def test_symbolic_expression_that_is_python_code_is_refused(tamper, expr):
     "torch.ops.aten._make_per_tensor_quantized_tensor.default",
     "torch.ops.aten._foreach_add.List",
     "torch.ops.aten.set_.source_Storage",
+    "torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default",  # reads K, V past their storage
+    "torch.ops.aten._scaled_dot_product_efficient_attention.default",
 ])
 def test_node_target_outside_the_aten_allow_list_is_refused(tamper, target):
     assert_refused(tamper(lambda d: node(d, "add").update(target=target)))
@@ -903,3 +905,40 @@ def test_a_graph_with_an_unchecked_view_op_is_refused(tmp_path):
     artifact.save(program, tmp_path)
     with pytest.raises(BadArtifact, match="_reshape_alias"):
         artifact.load(tmp_path)
+
+
+class ShortStatistics(nn.Module):
+    """Batch norm's kernel called with one running mean for eight channels: the kernel never compares the two
+    and reads seven values past the tensor's end (the scorer's memory, found 2026-12-06)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB)
+        self.register_buffer("stats", torch.zeros(1))
+
+    def forward(self, idx):
+        x = self.embed(idx).transpose(1, 2)  # (batch, 8 channels, seq)
+        x = torch.ops.aten._native_batch_norm_legit_no_training.default(x, None, None, self.stats, self.stats + 1,
+                                                                        0.1, 1e-5)[0]
+        return self.head(x.transpose(1, 2))
+
+
+def test_a_kernel_that_trusts_its_per_channel_shapes_is_checked_when_it_runs(tmp_path):
+    """The op is allowed (torch.export writes it for every BatchNorm in eval mode), so the check is at run time, on
+    the real tensors: the short running mean is refused before the kernel reads past it, an honest one runs."""
+    folder = save(ShortStatistics(), tmp_path / "short", max_seq=64)
+    refused = load_and_run(folder)
+    assert refused is not None and isinstance(refused[2], RuntimeError), refused
+    assert "running_mean has shape (1,), the input has 8 channels" in str(refused[2])
+
+    honest = nn.Sequential(nn.Embedding(VOCAB, 8), Transpose(), nn.BatchNorm1d(8), Transpose(), nn.Linear(8, VOCAB))
+    honest.eval()
+    program, module, out = load_and_run(save(honest, tmp_path / "honest", max_seq=64))
+    assert any("checked__native_batch_norm_legit_no_training" in str(n.target) for n in module.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(out, honest(tokens()))
+
+
+class Transpose(nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)

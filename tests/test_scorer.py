@@ -82,17 +82,21 @@ def test_a_dead_scorer_or_one_whose_scratch_is_gone_is_replaced(small_dataset, t
     assert _idle_pids() != [new.proc.pid] and new.proc.poll() is not None  # ended, not reused
 
 
-def test_a_scorer_that_dies_while_scoring_fails_that_slot_only(small_dataset, tmp_path):
+def _kept_scorer_after_one_slot(small_dataset, tmp_path):
+    """The scorer slot `a` kept, taken for a request of its shape, and that request."""
     first = slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
     (kept,) = scorers._IDLE
     job = SlotJob(genome="", dataset=str(small_dataset.path), out_dir=str(tmp_path / "a"), budget_s=2.0,
                   threads=1, eval_tokens=2048, eval_seq_len=64)
-    taken = scorers.take(job, sandbox.resolve_level("auto"), tmp_path)
-    assert taken is kept and first.ok
+    assert scorers.take(job, sandbox.resolve_level("auto"), tmp_path) is kept and first.ok
+    return kept, {"dataset": job.dataset, "seq_len": 64, "eval_tokens": 2048, "device": "cpu", "threads": 1,
+                  "probe_seed": 1}
+
+
+def test_a_scorer_that_dies_while_scoring_fails_that_slot_only(small_dataset, tmp_path):
+    kept, request = _kept_scorer_after_one_slot(small_dataset, tmp_path)
     kept.proc.stdin.write("not a request\n")  # its main loop dies on it, as on a crash mid-request
     kept.proc.stdin.flush()
-    request = {"dataset": job.dataset, "seq_len": 64, "eval_tokens": 2048, "device": "cpu", "threads": 1,
-               "probe_seed": 1}
     broken = kept.score(request, tmp_path / "a" / "work")
     assert broken.status == "failed" and broken.reason == "score_error", broken
     assert kept.proc.poll() is not None and not kept.scratch.exists()  # ended, its scratch removed
@@ -128,14 +132,7 @@ def test_an_artifact_that_cannot_be_handed_over_fails_as_that_and_leaves_the_sco
     the scorer running out of memory: the slot fails naming the copy, and the scorer, sent nothing, serves on."""
     import errno
 
-    first = slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
-    (kept,) = scorers._IDLE
-    job = SlotJob(genome="", dataset=str(small_dataset.path), out_dir=str(tmp_path / "a"), budget_s=2.0,
-                  threads=1, eval_tokens=2048, eval_seq_len=64)
-    taken = scorers.take(job, sandbox.resolve_level("auto"), tmp_path)
-    assert taken is kept and first.ok
-    request = {"dataset": job.dataset, "seq_len": 64, "eval_tokens": 2048, "device": "cpu", "threads": 1,
-               "probe_seed": 1}
+    kept, request = _kept_scorer_after_one_slot(small_dataset, tmp_path)
 
     def cross_device(*_):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
