@@ -90,10 +90,10 @@ class Reporter:
         self.tb.flush()
         self.terminal.finished(seq, evaluation, genome, result, state)
         self._state, self._seq = state, seq
-        self.progress()
 
     def progress(self, final: bool = False) -> None:
-        """Redraw RUN_DIR/progress.png and log the "progress" image when they are due (always when `final`)."""
+        """Redraw RUN_DIR/progress.png and log the "progress" image when they are due (always when `final`).
+        The scheduler calls it once the freed slots have their next jobs: drawing takes a quarter second."""
         if self.run is None or self._state is None or self._picture_failed:
             return
         seq = self._seq

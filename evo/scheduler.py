@@ -110,6 +110,9 @@ class Scheduler:
                 finished, _ = wait(list(self.running), timeout=5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     stop = self._collect(future) or stop
+                if finished:  # the freed slots get their next job before the picture (a quarter second) is drawn
+                    stop = stop or self._limit_reached(deadline) or self._fill_free_slots()
+                    self.reporter.progress()
         except KeyboardInterrupt:
             stop = Stop("interrupted", "interrupted (Ctrl-C): running slots killed; `evo resume` continues")
             self._kill_slots()

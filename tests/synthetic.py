@@ -63,9 +63,11 @@ def fake(status: str = "ok", val: float | None = 3.0, heldout: float | None = No
 
 
 def finish(scheduler: Scheduler, row: Evaluation, result: SlotResult, slot_name: str = "cpu0") -> None:
-    """What the loop does when a slot returns: mark it running in its slot, then fold and journal it."""
+    """What the loop does when a slot returns: mark it running in its slot, fold and journal it, then (once the
+    free slots have jobs) let the reporter draw its picture."""
     scheduler.journal.mark_running(row.id, slot_name)
     scheduler.finish(row, result)
+    scheduler.reporter.progress()
 
 
 def add_child(scheduler: Scheduler, source: str, rationale: str, parents: tuple | None = None) -> Evaluation:
