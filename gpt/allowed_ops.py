@@ -77,37 +77,45 @@ ALLOWED_OPS = frozenset(ELEMENTWISE | ACTIVATIONS | REDUCTIONS | LINEAR_ALGEBRA 
                         | CREATION | CHECKS)
 
 
-# Allowed only behind a runtime check (gpt.artifact wraps each call): these kernels index their per-channel
-# tensors (weight, bias, running statistics) by the input's channel count and never compare the two, so a
-# one-element running_mean read the scorer's memory past its end (found 2026-12-06 by probing each op
-# above with a tensor that sits in front of sentinel memory). The public batch_norm checks; these do not.
+# Layer kernels run behind a check on the real tensors (gpt.artifact wraps each call), since program.json's
+# shapes and strides are the genome's word. Every tensor argument is handed over dense: the fused kernels read
+# a per-channel tensor as an array from its first element, so an expanded (stride-0) one-element view passed
+# to native_group_norm read the scorer's heap (red team, 2026-12-06). The ones below also index their
+# per-channel tensors by the input's channel count without comparing the two (a one-element running_mean
+# read past its end), so those get one value per channel or a refusal. The public batch_norm and group_norm
+# check both themselves; these internal forms, which torch.export writes, do not.
 PER_CHANNEL_ARGUMENTS = {
     "_native_batch_norm_legit_no_training": ("weight", "bias", "running_mean", "running_var"),
     "_native_batch_norm_legit_functional": ("weight", "bias", "running_mean", "running_var"),
+    "native_group_norm": ("weight", "bias"),
 }
 
 
 def checked(op):
-    """`op` (an OpOverload), or for an op in PER_CHANNEL_ARGUMENTS a function that first requires each
-    per-channel argument to hold exactly one value per input channel, and hands the kernel a dense copy."""
-    names = PER_CHANNEL_ARGUMENTS.get(op._schema.name.partition("::")[2])
-    if names is None:
+    """`op` (an OpOverload), or for a layer op a function that first hands each tensor argument over dense
+    (a no-op for one that is) and requires each per-channel argument to hold one value per input channel."""
+    name = op._schema.name.partition("::")[2]
+    if name not in LAYERS:
         return op
+    per_channel = PER_CHANNEL_ARGUMENTS.get(name, ())
     arguments = [a.name for a in op._schema.arguments]
 
     def run(*args, **kwargs):
-        bound = dict(zip(arguments, args), **kwargs)
-        channels = bound["input"].shape[1] if bound["input"].dim() > 1 else 1
-        for name in names:
-            value = bound.get(name)
-            if value is None:
-                continue
-            if tuple(value.shape) != (channels,):
-                raise RuntimeError(f"{op}: {name} has shape {tuple(value.shape)}, the input has {channels} channels")
-            bound[name] = value.contiguous()
+        import torch
+
+        bound = {k: v.contiguous() if isinstance(v, torch.Tensor) else v
+                 for k, v in dict(zip(arguments, args), **kwargs).items()}
+        if per_channel:
+            channels = bound["input"].shape[1] if bound["input"].dim() > 1 else 1
+            if bound.get("C", channels) != channels:
+                raise RuntimeError(f"{op}: C is {bound['C']}, the input has {channels} channels")
+            for arg in per_channel:
+                value = bound.get(arg)
+                if value is not None and tuple(value.shape) != (channels,):
+                    raise RuntimeError(f"{op}: {arg} has shape {tuple(value.shape)}, the input has {channels} channels")
         return op(**bound)
 
-    run.__name__ = run.__qualname__ = f"checked_{op._schema.name.partition('::')[2]}"
+    run.__name__ = run.__qualname__ = f"checked_{name}"
     return run
 
 

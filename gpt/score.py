@@ -78,8 +78,9 @@ class NonFinite(Exception):
 
 def _log_probs(fn, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     x = x.clone(memory_format=torch.contiguous_format)  # its own storage: a view of the (seq_len + 1)-token rows
-    with torch.no_grad():  # would let `as_strided` read the column past it, the last position's target
-        logits = fn(x)
+    torch.manual_seed(SCORER_SEED)  # every call draws the same random numbers: how many an earlier call drew
+    with torch.no_grad():  # is not a channel from one batch to the next (a view of the rows would let
+        logits = fn(x)  # `as_strided` read the column past them, the last position's target)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*x.shape, vocab_size):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise BadOutput(f"model returned {shape}, expected logits of shape {(*x.shape, vocab_size)}")

@@ -196,3 +196,71 @@ def test_an_op_off_the_list_is_refused_at_load_naming_the_op(tmp_path):
     artifact.save(torch.export.export(StridedByHand(), (torch.zeros(2, 16, dtype=torch.long),)), tmp_path)
     with pytest.raises(BadArtifact, match=r"as_strided.*gpt/allowed_ops\.py"):
         artifact.load(tmp_path)
+
+
+# ------------------------------------------------------------------ kernels and the layout of their arguments
+
+SENTINEL = 777.0
+C = 8
+
+
+def expanded(*shape):
+    """A tensor of `shape` that owns one element (stride 0 everywhere), its storage followed by sentinel memory:
+    a kernel that reads it as a dense array returns sentinels where the one value belongs."""
+    memory = torch.full((4096,), SENTINEL)
+    memory[0] = 0.5
+    return memory[:1].view([1] * len(shape)).expand(*shape)
+
+
+def _x(*shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))
+
+
+A = torch.ops.aten
+LAYOUT_CASES = {  # op, arguments (one of them expanded), for ops with per-channel or fused kernels
+    "native_group_norm weight": (A.native_group_norm.default, lambda: (_x(2, C, 5), expanded(C), None, 2, C, 5, 2, 1e-5)),
+    "native_group_norm bias": (A.native_group_norm.default, lambda: (_x(2, C, 5), None, expanded(C), 2, C, 5, 2, 1e-5)),
+    "native_layer_norm": (A.native_layer_norm.default, lambda: (_x(2, 5, C), [C], expanded(C), expanded(C), 1e-5)),
+    "batch_norm statistics": (A._native_batch_norm_legit_no_training.default,
+                              lambda: (_x(2, C, 5), expanded(C), expanded(C), expanded(C), expanded(C), 0.1, 1e-5)),
+    "batch_norm training": (A._native_batch_norm_legit_functional.default,
+                            lambda: (_x(2, C, 5), expanded(C), expanded(C), torch.zeros(C), torch.ones(C), True, 0.1,
+                                     1e-5)),
+    "rms_norm": (A.rms_norm.default, lambda: (_x(2, 5, C), [C], expanded(C), 1e-5)),
+    "embedding": (A.embedding.default, lambda: (expanded(10, 4), torch.tensor([3, 9]))),
+    "convolution": (A.convolution.default, lambda: (_x(2, C, 5), expanded(4, C, 3), expanded(4), [1], [0], [1], False,
+                                                    [0], 1)),
+    "prelu": (A.prelu.default, lambda: (_x(2, C, 5), expanded(C))),
+    "attention": (A.scaled_dot_product_attention.default, lambda: (expanded(1, 2, 4, 8), expanded(1, 2, 6, 8),
+                                                                   expanded(1, 2, 6, 8))),
+    "attention mask": (A.scaled_dot_product_attention.default, lambda: (_x(1, 2, 4, 8), _x(1, 2, 6, 8), _x(1, 2, 6, 8),
+                                                                        expanded(1, 2, 4, 6))),
+    "pool": (A.max_pool1d.default, lambda: (expanded(2, C, 5), [2])),
+    "matmul": (A.mm.default, lambda: (expanded(5, C), expanded(C, 4))),
+    "batched matmul": (A.baddbmm.default, lambda: (expanded(2, 5, 4), expanded(2, 5, C), expanded(2, C, 4))),
+    "index_select": (A.index_select.default, lambda: (expanded(2, C, 5), 1, torch.tensor([1, 7]))),
+    "cumsum": (A.cumsum.default, lambda: (expanded(2, C, 5), 2)),
+    "softmax": (A._softmax.default, lambda: (expanded(2, C, 5), 2, False)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT_CASES))
+def test_an_expanded_argument_gives_what_its_dense_copy_gives(case):
+    """As the scorer runs it (`checked`), an op given a stride-0 view of one element computes what it computes
+    on the dense copy: no kernel reads the memory after an argument's storage (native_group_norm did)."""
+    from gpt.allowed_ops import checked
+
+    op, make = LAYOUT_CASES[case]
+    args = make()
+    dense = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
+    got, want = checked(op)(*args), op(*dense)
+    got, want = (got[0], want[0]) if isinstance(got, tuple) else (got, want)
+    assert not (got == SENTINEL).any()
+    torch.testing.assert_close(got, want)
+
+
+def test_a_group_norm_told_another_channel_count_than_its_input_has_is_refused():
+    from gpt.allowed_ops import checked
+
+    with pytest.raises(RuntimeError, match="C is 4, the input has 8 channels"):
+        checked(A.native_group_norm.default)(torch.zeros(1, 8, 1), None, torch.ones(8), 1, 4, 2, 1, 1e-5)

@@ -563,3 +563,17 @@ def test_a_model_that_reads_the_next_token_off_a_padding_copy_is_flagged_by_caus
     result = score_model(CopyPeek(), small_dataset, tmp_path, eval_tokens=40 * SEQ_LEN)
     assert result.val_bpb < 7.0  # 8 bits on 32 rows, near 0 on the 8 padded ones: the attack gains
     assert result.status == "flagged" and result.causality == "fail", (result.status, result.reason)
+
+
+def test_every_forward_call_draws_the_same_random_numbers():
+    """The scorer reseeds before each call, so how many random numbers one batch drew is no message to the next."""
+    from gpt.score import _log_probs
+
+    class Noisy(torch.nn.Module):
+        def forward(self, idx):
+            return torch.rand(*idx.shape, 5)
+
+    x = torch.zeros(2, 3, dtype=torch.long)
+    first = _log_probs(Noisy(), x, 5)
+    torch.rand(1000)  # what the first call's graph might have drawn on top
+    assert torch.equal(first, _log_probs(Noisy(), x, 5))
