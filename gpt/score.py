@@ -435,7 +435,8 @@ def main() -> None:
         if request.get("threads"):
             torch.set_num_threads(int(request["threads"]))
         answer = score(request).to_dict()
-        sys.stdout.write(json.dumps({k: answer[k] for k in SCORER_FIELDS}) + "\n")  # only what it measures
+        fields = {k: answer[k] for k in SCORER_FIELDS}  # only what it measures, and the request it answers
+        sys.stdout.write(json.dumps({"artifact": request.get("artifact"), **fields}) + "\n")
         sys.stdout.flush()
         del answer
         gc.collect()  # the artifact's graph and weights, before the next genome trains beside this process

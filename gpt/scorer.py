@@ -2,8 +2,9 @@
 
 gpt/score.py is the code that runs inside that process; this module starts it at the slot's sandbox
 level, hands it one request per scored genome (a JSON line on stdin, the answer a JSON line on stdout),
-and turns its answer (or its crash, hang or memory death) into a `SlotResult`. Of the answer the runner
-keeps only the fields the scorer owns (`gpt.result.SCORER_FIELDS`).
+and turns its answer (or its crash, hang or memory death) into a `SlotResult`. An answer names the artifact
+it scored, so a line out of step with the requests ends the scorer; of the answer the runner keeps only the
+fields the scorer owns (`gpt.result.SCORER_FIELDS`).
 
 Importing torch and torch.export's loader costs a scorer about 2 CPU seconds, which a fresh scorer per
 slot spent while its genome trained. A scorer is trusted code and an artifact is data (gpt.artifact: a
@@ -115,9 +116,10 @@ class Scorer:
         if line is None:
             self.close()
             return scorer_result(self.proc.returncode, "", self._stderr)
-        result = scorer_result(0, line, "")
-        if result.reason == "score_error" and result.detail.startswith("unreadable"):
-            self.close()  # it spoke out of turn: not trusted with another request
+        result = answer(line, str(folder))
+        if result is None:  # not the answer to this request: its answers no longer match its requests
+            self.close()
+            result = unreadable(line)
         self.jobs += 1
         self.idle_since = time.monotonic()
         return result
@@ -211,17 +213,27 @@ def discard_idle() -> None:
 atexit.register(discard_idle)
 
 
+def answer(line: str, artifact: str | None = None) -> SlotResult | None:
+    """The scorer's JSON answer (its own fields only), or None if the line is not one, or (given `artifact`)
+    not the answer for that artifact's request, which the scorer names in its answer."""
+    try:
+        doc = json.loads(line)
+        if isinstance(doc, dict) and doc.get("status") in STATUSES and artifact in (None, doc.get("artifact")):
+            return SlotResult.from_dict({k: doc[k] for k in SCORER_FIELDS if k in doc})
+    except (ValueError, TypeError):
+        pass
+    return None
+
+
+def unreadable(stdout: str) -> SlotResult:
+    return SlotResult(status="failed", reason="score_error", detail=f"unreadable scorer output: {stdout[:500]!r}")
+
+
 def scorer_result(returncode: int, stdout: str, stderr: str) -> SlotResult:
     """The scorer's JSON answer (its own fields only), or a failure naming what went wrong (score_memory,
     score_error)."""
     if returncode == 0:
-        try:
-            answer = json.loads(stdout)
-            if isinstance(answer, dict) and answer.get("status") in STATUSES:
-                return SlotResult.from_dict({k: answer[k] for k in SCORER_FIELDS if k in answer})
-        except (ValueError, TypeError):
-            pass
-        return SlotResult(status="failed", reason="score_error", detail=f"unreadable scorer output: {stdout[:500]!r}")
+        return answer(stdout) or unreadable(stdout)
     tail = stderr[-STDERR_TAIL_CHARS:]
     if MEMORY_ERRORS.search(tail) or returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         return SlotResult(status="failed", reason="score_memory",

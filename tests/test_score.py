@@ -216,7 +216,8 @@ def test_uniform_logits_score_exactly_8_bits_per_byte_in_the_scorer_process(smal
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer = json.loads(proc.stdout)
-    assert set(answer) <= set(SCORER_FIELDS)  # the scorer answers only what it measures
+    assert answer.pop("artifact") == artifact  # the request it answers
+    assert set(answer) <= set(SCORER_FIELDS)  # and only what it measures
     result = SlotResult.from_dict(answer)
     for split in ("val", "heldout", "test"):
         assert getattr(result, f"{split}_bpb") == pytest.approx(8.0, abs=1e-6)

@@ -106,6 +106,21 @@ def test_a_scorer_that_dies_while_scoring_fails_that_slot_only(small_dataset, tm
     assert slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0).ok
 
 
+def test_a_scorer_whose_answers_are_out_of_step_is_ended(small_dataset, tmp_path):
+    """A line that is not the answer to the request just sent (here one already waiting when the request goes
+    out, as after a stray print: well-formed, but for another artifact, or for none) means the scorer's answers
+    no longer match its requests: that slot fails, and the scorer is ended, never sent the next artifact."""
+    for k, stray in enumerate(['{"status": "great"}', '{"status": "ok", "val_bpb": 0.5, "artifact": "/elsewhere"}',
+                               '{"status": "ok", "val_bpb": 0.5}']):
+        kept, request = _kept_scorer_after_one_slot(small_dataset, tmp_path / str(k))
+        kept._answers.put(stray + "\n")
+        out_of_step = kept.score(request, tmp_path / str(k) / "a" / "work")
+        assert out_of_step.reason == "score_error" and "unreadable scorer output" in out_of_step.detail, stray
+        assert kept.proc.poll() is not None and not kept.scratch.exists()
+        scorers.give_back(kept)
+        assert scorers._IDLE == []
+
+
 def test_slots_of_another_shape_get_their_own_scorer_and_idle_ones_are_capped(small_dataset, tmp_path):
     slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
     slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0, threads=2)
