@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from gpt.job import SlotJob
 
 SCORE_TIMEOUT_S = 600.0
-IDLE_S = 600.0  # an idle scorer is ended after this long (it holds a few hundred MiB, and a GPU context)
+IDLE_S = 600.0  # an idle scorer is ended after this long, taken or not (it holds a few hundred MiB, and a GPU context)
 MAX_IDLE = 2  # idle scorers kept per process (one per slot shape in use; the oldest goes first)
 
 
@@ -199,6 +199,18 @@ def give_back(scorer: Scorer) -> None:
         del _IDLE[:len(extra)]
     for old in extra:
         old.close()
+    timer = threading.Timer(IDLE_S, _expire, args=(scorer, scorer.idle_since))  # a worker with no more jobs
+    timer.daemon = True  # does not hold its memory (and GPU context) until the process ends
+    timer.start()
+
+
+def _expire(scorer: Scorer, idle_since: float) -> None:
+    """End `scorer` if it is still idle since `idle_since` (taken and given back since: a later timer's)."""
+    with _LOCK:
+        if scorer not in _IDLE or scorer.idle_since != idle_since:
+            return
+        _IDLE.remove(scorer)
+    scorer.close()
 
 
 def discard_idle() -> None:

@@ -121,6 +121,30 @@ def test_a_scorer_whose_answers_are_out_of_step_is_ended(small_dataset, tmp_path
         assert scorers._IDLE == []
 
 
+def test_an_idle_scorer_ends_after_its_idle_time_without_another_job(small_dataset, tmp_path, monkeypatch):
+    """A worker whose run ended (no job takes its scorer) does not keep the scorer's memory until it exits."""
+    monkeypatch.setattr(scorers, "IDLE_S", 1.5)
+    slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
+    (kept,) = scorers._IDLE
+    assert kept.proc.poll() is None
+    deadline = time.monotonic() + 30
+    while kept.scratch.exists() and time.monotonic() < deadline:  # close() removes it last
+        time.sleep(0.1)
+    assert kept.proc.poll() is not None and scorers._IDLE == [] and not kept.scratch.exists()
+
+
+def test_a_scorer_taken_again_is_not_ended_by_the_timer_of_its_earlier_idle_time(small_dataset, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(scorers, "IDLE_S", 4.0)
+    slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)  # given back: timer 1 starts
+    (kept,) = scorers._IDLE
+    time.sleep(2.0)
+    slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0)  # taken, given back: timer 2 starts
+    assert scorers._IDLE == [kept]
+    time.sleep(max(0.0, kept.idle_since + 4.0 - time.monotonic() - 1.0))  # past timer 1, before timer 2
+    assert kept.proc.poll() is None and scorers._IDLE == [kept]
+
+
 def test_slots_of_another_shape_get_their_own_scorer_and_idle_ones_are_capped(small_dataset, tmp_path):
     slot("evo_steps.py", small_dataset, tmp_path / "a", budget_s=2.0)
     slot("evo_steps.py", small_dataset, tmp_path / "b", budget_s=2.0, threads=2)
