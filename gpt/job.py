@@ -9,6 +9,9 @@ DEFAULT_OUTPUT_CAP = 4 * 1024 * 1024
 # A CPU slot whose processes got less than this share of its threads' time (CPU seconds over wall seconds
 # x threads, measured by the runner from /proc) was starved by something else on the machine: `contended`.
 CONTENDED_CPU_SHARE = 0.4
+# Above this share a CPU slot used more cores than its threads (honest genomes measure 0.95-1.0): the budget
+# probe fails. The margin covers torch's helper threads and /proc's sampling, not a second core.
+OVERUSED_CPU_SHARE = 1.25
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from gpt.result import SlotResult
 from gpt import scorer as scorers
 from gpt.static_checks import check_source, format_findings
 from gpt.training import MEMORY_ERRORS, GenomeProcess, Training, tail
-from gpt.job import CONTENDED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
+from gpt.job import CONTENDED_CPU_SHARE, OVERUSED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
 from gpt.training import default_grace, kill_all_slots  # noqa: F401  (imported from here by evo)
 
 
@@ -180,7 +180,7 @@ def _train_and_score(job: SlotJob, out: Path, level: str) -> SlotResult:
         if ready:
             ready.move_into(out)
     if result.ok or (result.flagged and result.reason != "artifact_link"):
-        _budget_probe(result, ran.clock)
+        _budget_probe(result, _with_cpu_verdict(ran.clock, job, ran))
     _add_measurements(result, job, ran, out)
     result.warm = ready is not None
     return result
@@ -224,6 +224,19 @@ def _contention(job: SlotJob, ran: Training) -> tuple[float | None, bool]:
         return None, False
     share = ran.cpu_seconds / (ran.wall_seconds * job.threads)
     return share, share < job.contended_share
+
+
+def _with_cpu_verdict(clock: dict, job: SlotJob, ran: Training) -> dict:
+    """The clock's verdict, failed as well if a CPU slot's processes used more cores than its threads: the
+    budget is wall seconds on the slot's share of the machine (a genome that raised its own thread count
+    took its neighbours' cores, or the controller's). Measured by the runner from /proc, so any way of using
+    more cores shows, whatever the genome did."""
+    share, _ = _contention(job, ran)
+    verdict = dict(clock, cpu_share=share, cpu_share_limit=OVERUSED_CPU_SHARE)
+    if verdict["pass"] and share is not None and share > OVERUSED_CPU_SHARE:
+        verdict.update({"pass": False, "detail": f"used {share * job.threads:.2f} cores on average while it ran, "
+                                                 f"for a slot of {job.threads} thread(s)"})
+    return verdict
 
 
 def _budget_probe(result: SlotResult, clock: dict) -> None:

@@ -186,6 +186,17 @@ def test_flagging_adds_a_reason_to_those_a_result_has():
     assert (fresh.status, fresh.reason) == ("flagged", "budget")
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a second core to take")
+def test_a_genome_that_takes_more_cores_than_its_slot_has_fails_the_budget_probe(small_dataset, tmp_path):
+    """The budget is wall seconds on the slot's threads: a genome that raised its own thread count got its
+    neighbours' cores. The runner's CPU time from /proc shows it, however the genome did it."""
+    greedy = slot("takes_every_core.py", small_dataset, tmp_path / "greedy", budget_s=4.0)
+    assert (greedy.status, greedy.reason, greedy.budget) == ("flagged", "budget", "fail"), greedy.detail
+    assert greedy.cpu_share > 1.25 and "cores on average" in greedy.probes["budget"]["detail"]
+    honest = slot("evo_tiny.py", small_dataset, tmp_path / "honest", budget_s=4.0)  # trains on the slot's thread
+    assert honest.ok and honest.budget == "pass" and honest.probes["budget"]["cpu_share"] <= 1.25, honest.detail
+
+
 def test_the_runner_takes_only_the_scorers_own_fields_from_its_answer():
     from gpt.scorer import scorer_result
 
