@@ -238,10 +238,15 @@ def python_dirs() -> list[Path]:
     return out
 
 
-def _unseen_docs() -> list[str]:
+def unseen_docs() -> list[str]:
+    """UNSEEN_DOCS and every Python's pydoc_data the sandbox can see: the running interpreter's, and the
+    system's (Debian's /usr/lib/python3.X holds the language reference as text whichever Python runs)."""
     import sysconfig
 
-    dirs = list(UNSEEN_DOCS) + [os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data")]
+    found = {os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data")}
+    for root in {sys.prefix, sys.base_prefix, "/usr", "/usr/local"}:
+        found.update(glob.glob(os.path.join(root, "lib", "python3*", "pydoc_data")))
+    dirs = list(UNSEEN_DOCS) + sorted(found)
     return [d for d in dirs if os.path.isdir(d)]
 
 
@@ -293,7 +298,7 @@ def _bwrap_args(exposure: Exposure, variant: dict) -> list[str]:
         a += ["--ro-bind", str(d), str(d)]
     for target, literal in _python_aliases():
         a += ["--ro-bind", str(target), str(literal)]
-    for d in _unseen_docs():
+    for d in unseen_docs():
         a += ["--tmpfs", d, "--remount-ro", d]
     for d in exposure.hide_dirs:
         a += (["--size", "65536"] if size else []) + ["--tmpfs", str(d)]

@@ -99,7 +99,7 @@ def runtime_dirs_for_text() -> list[str]:
 def runtime_overlap(dataset) -> float:
     """Share of the eval documents' long lines (MIN_LINE+ characters, whitespace folded) that also occur
     in the runtime's text files. Cached in the dataset folder per interpreter."""
-    key = {"python": sys.version, "dirs": runtime_dirs_for_text()}
+    key = {"python": sys.version, "dirs": runtime_dirs_for_text(), "hidden": sandbox.unseen_docs()}
     cache = Path(dataset.path) / OVERLAP_CACHE
     try:
         saved = json.loads(cache.read_text())
@@ -116,7 +116,8 @@ def runtime_overlap(dataset) -> float:
         return 0.0
     found = set()
     for root in key["dirs"]:
-        for folder, _, files in os.walk(root):
+        for folder, subdirs, files in os.walk(root):
+            subdirs[:] = [d for d in subdirs if os.path.join(folder, d) not in key["hidden"]]  # empty in the sandbox
             for name in files:
                 if not name.endswith(TEXT_SUFFIXES):
                     continue

@@ -205,6 +205,26 @@ def test_bwrap_confines_files_network_environment(tmp_path, run_genome, listener
     assert max(p["pids"][1]) < 10, "the genome sees processes outside its PID namespace"
 
 
+@needs("bwrap")
+def test_no_python_on_the_machine_shows_its_language_reference_to_the_genome(run_genome):
+    """pydoc_data holds the language reference as text, a copy of documents the built-in corpus is made of:
+    hidden for the running interpreter and for every other Python the sandbox shows (the system's, on Debian)."""
+    import glob as globbing
+    import sysconfig
+
+    places = sorted({os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data"),
+                     *globbing.glob("/usr/lib/python3*/pydoc_data"), *globbing.glob("/usr/local/lib/python3*/pydoc_data")})
+    places = [p for p in places if os.path.isdir(p) and os.listdir(p)]
+    assert places, "no pydoc_data on this machine to hide"
+    source = f"""
+import json, os
+print("PROBES " + json.dumps({{p: os.listdir(p) if os.path.isdir(p) else None for p in {places!r}}}), flush=True)
+"""
+    result, stdout, _ = run_genome(source, "bwrap")
+    seen = probes(stdout)
+    assert all(not listing for listing in seen.values()), seen  # empty, or not there at all
+
+
 @needs("netns")
 def test_netns_blocks_network_and_secrets(tmp_path, run_genome, listener, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
