@@ -44,7 +44,8 @@ from gpt.result import SlotResult
 from gpt import scorer as scorers
 from gpt.static_checks import check_source, format_findings
 from gpt.training import MEMORY_ERRORS, GenomeProcess, Training, tail
-from gpt.job import CONTENDED_CPU_SHARE, OVERUSED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
+from gpt.job import OVERUSED_CPU_SHARE
+from gpt.job import CONTENDED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
 from gpt.training import default_grace, kill_all_slots  # noqa: F401  (imported from here by evo)
 
 
@@ -235,7 +236,8 @@ def _with_cpu_verdict(clock: dict, job: SlotJob, ran: Training) -> dict:
     verdict = dict(clock, cpu_share=share, cpu_share_limit=OVERUSED_CPU_SHARE)
     if verdict["pass"] and share is not None and share > OVERUSED_CPU_SHARE:
         verdict.update({"pass": False, "detail": f"used {share * job.threads:.2f} cores on average while it ran, "
-                                                 f"for a slot of {job.threads} thread(s)"})
+                                                 f"in a slot of {job.threads} thread(s); leave torch's thread count "
+                                                 "as lab.connect() sets it and start no threads of its own"})
     return verdict
 
 

@@ -72,6 +72,7 @@ class Scorer:
         self.procs = processes.SlotProcesses(uuid.uuid4().hex, root_pid=self.proc.pid)
         self.jobs = 0  # requests answered
         self.idle_since = time.monotonic()
+        self.expiry: threading.Timer | None = None  # ends it once idle for IDLE_S (give_back starts it)
         self._answers: queue.Queue = queue.Queue()
         self._stderr = ""
         for target in (self._read_answers, self._read_stderr):
@@ -185,6 +186,8 @@ def take(job: SlotJob, level: str, near: Path) -> Scorer:
                 _IDLE.remove(scorer)
     for scorer in stale:
         scorer.close()
+    if found is not None and found.expiry is not None:
+        found.expiry.cancel()  # busy now: a new timer starts when it is given back
     return found or Scorer(job, level, near)
 
 
@@ -199,9 +202,9 @@ def give_back(scorer: Scorer) -> None:
         del _IDLE[:len(extra)]
     for old in extra:
         old.close()
-    timer = threading.Timer(IDLE_S, _expire, args=(scorer, scorer.idle_since))  # a worker with no more jobs
-    timer.daemon = True  # does not hold its memory (and GPU context) until the process ends
-    timer.start()
+    scorer.expiry = threading.Timer(IDLE_S, _expire, args=(scorer, scorer.idle_since))  # a worker with no more
+    scorer.expiry.daemon = True  # jobs does not hold the scorer's memory (and GPU context) until it exits
+    scorer.expiry.start()
 
 
 def _expire(scorer: Scorer, idle_since: float) -> None:
