@@ -1,7 +1,7 @@
 """Slots: where evaluations run. One slot = one device (a GPU or a share of the CPU), one genome at a time.
 
 Local slots are threads that each drive one `gpt.runner.run_slot` subprocess pipeline;
-GPU slots are pinned with CUDA_VISIBLE_DEVICES. With `slots.dask_scheduler` or a `[cluster]`
+GPU slots are pinned with CUDA_VISIBLE_DEVICES, CPU slots to cores of their own. With `slots.dask_scheduler` or a `[cluster]`
 table, `evo.cluster.DaskSlotPool` runs the same jobs on Dask workers, by value; the scheduler
 sees the same futures and the same pool interface either way.
 """
@@ -24,13 +24,18 @@ class Slot:
     name: str
     device: str
     threads: int = 0
+    cpus: tuple[int, ...] = ()  # the cores a CPU slot's processes run on; (): not pinned
     env: dict = field(default_factory=dict)
     worker: str = ""  # the Dask worker's address ('' for a local slot)
     gpu: int | None = None  # on a Dask worker: the index among its own GPUs
 
 
 def plan_slots(device: str, count: int) -> list[Slot]:
-    """One slot per visible GPU (or `count`), else `count` CPU slots (default 1) sharing the cores."""
+    """One slot per visible GPU (or `count`), else `count` CPU slots (default 1) dividing the cores.
+
+    Each CPU slot is pinned to cores of its own (when there are enough): torch's thread count is set
+    inside the untrusted genome, which can raise it, and a pinned slot's extra threads share its own
+    cores instead of its neighbours'. The budget probe still fails a slot that used more than its share."""
     gpus = visible_gpus() if device in ("auto", "cuda") or device.startswith("cuda") else 0
     if device.startswith("cuda") and gpus == 0:
         raise UserError(f"slots.device = {device!r} but no GPU is visible; use device = \"cpu\" or \"auto\"")
@@ -39,8 +44,11 @@ def plan_slots(device: str, count: int) -> list[Slot]:
         return [Slot(f"gpu{i % gpus}" + (f".{i // gpus}" if n > gpus else ""), "cuda", 0,
                      {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n)]
     n = count or 1
-    threads = max(1, (os.cpu_count() or 1) // n)
-    return [Slot(f"cpu{i}", "cpu", threads) for i in range(n)]
+    cores = sorted(os.sched_getaffinity(0))  # the cores this process may use (a cgroup or taskset may narrow them)
+    threads = max(1, len(cores) // n)
+    pinned = n * threads <= len(cores)
+    return [Slot(f"cpu{i}", "cpu", threads, tuple(cores[i * threads:(i + 1) * threads]) if pinned else ())
+            for i in range(n)]
 
 
 class SlotPool:
@@ -59,7 +67,7 @@ class SlotPool:
         return "no slot is free"
 
     def submit(self, slot: Slot, job: SlotJob) -> Future:
-        job = replace(job, device=slot.device, threads=slot.threads, env={**job.env, **slot.env})
+        job = replace(job, device=slot.device, threads=slot.threads, cpus=slot.cpus, env={**job.env, **slot.env})
         future = self.executor.submit(run_slot, job)
         self.busy[slot.name] = future
         return future

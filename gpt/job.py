@@ -30,6 +30,7 @@ class SlotJob:
     eval_tokens: int = 32768
     eval_seq_len: int = 256
     threads: int = 0
+    cpus: tuple[int, ...] = ()  # cores the slot is pinned to (evo.slots plans them); (): unpinned
     test: bool = False
     output_cap: int = DEFAULT_OUTPUT_CAP
     env: dict = field(default_factory=dict)  # extra variables, e.g. CUDA_VISIBLE_DEVICES
@@ -43,4 +44,5 @@ class SlotJob:
 
     def limits(self) -> sandboxing.Limits:
         memory = sandboxing.default_memory_mb() if self.memory_mb is None else self.memory_mb
-        return sandboxing.Limits(memory_mb=memory, disk_mb=self.disk_mb, max_procs=self.max_procs)
+        return sandboxing.Limits(memory_mb=memory, disk_mb=self.disk_mb, max_procs=self.max_procs,
+                                 cpus=tuple(self.cpus))

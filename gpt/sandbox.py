@@ -72,8 +72,8 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd",
 # sources of the built-in corpus; the stdlib's pydoc_data holds the language reference as text): never shown
 UNSEEN_DOCS = ("/usr/share/doc", "/usr/share/man", "/usr/share/info", "/usr/share/help")
 
-# The launcher runs outside the sandbox: die with the runner, set the rlimits, exec the sandbox tool
-# (a launcher rather than preexec_fn, which is unsafe in the runner's threaded parent).
+# The launcher runs outside the sandbox: die with the runner, set the rlimits, pin the slot's cores, exec the
+# sandbox tool (a launcher rather than preexec_fn, which is unsafe in the runner's threaded parent).
 _LAUNCHER = r"""
 import os, resource, sys
 try:
@@ -83,6 +83,9 @@ except Exception:
     pass
 for kv in filter(None, sys.argv[1].split(",")):
     k, v = kv.split("=")
+    if k == "CPUS":  # every process of the slot inherits the mask: threads beyond the slot's cores share them
+        os.sched_setaffinity(0, [int(c) for c in v.split("+")])
+        continue
     n = getattr(resource, "RLIMIT_" + k)
     hard = resource.getrlimit(n)[1]
     v = int(v) if hard == resource.RLIM_INFINITY else min(int(v), hard)
@@ -175,6 +178,7 @@ class Limits:
     disk_mb: int = DEFAULT_DISK_MB
     max_procs: int = DEFAULT_MAX_PROCS
     max_files: int = MAX_WORK_FILES
+    cpus: tuple[int, ...] = ()  # the cores the slot's processes may run on; (): wherever the runner's may
 
     def rlimits(self) -> dict[str, int]:
         out = {"CORE": 0}
@@ -186,12 +190,14 @@ class Limits:
 
     def describe(self) -> dict:
         return {"memory_mb": self.memory_mb or None, "disk_mb": self.disk_mb or None,
-                "max_procs": self.max_procs or None, "max_files": self.max_files or None}
+                "max_procs": self.max_procs or None, "max_files": self.max_files or None,
+                "cpus": list(self.cpus) or None}
 
 
 def launcher(limits: Limits) -> list[str]:
-    """argv prefix that applies `limits` as rlimits, then execs the rest of the command line."""
-    spec = ",".join(f"{k}={v}" for k, v in limits.rlimits().items())
+    """argv prefix that applies `limits` as rlimits and a CPU affinity, then execs the rest of the command line."""
+    spec = ",".join([f"{k}={v}" for k, v in limits.rlimits().items()] +
+                    [f"CPUS={'+'.join(map(str, limits.cpus))}"] * bool(limits.cpus))
     return [sys.executable, "-I", "-S", "-c", _LAUNCHER, spec]
 
 

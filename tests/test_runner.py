@@ -197,6 +197,23 @@ def test_a_genome_that_takes_more_cores_than_its_slot_has_fails_the_budget_probe
     assert honest.ok and honest.budget == "pass" and honest.probes["budget"]["cpu_share"] <= 1.25, honest.detail
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a core outside the slot")
+def test_a_pinned_slot_keeps_a_genome_that_raises_its_thread_count_on_the_slots_own_cores(small_dataset, tmp_path):
+    """Prevention rather than detection: every process of a pinned slot (the genome's and the scorer's) runs on
+    the slot's cores only, so the genome's extra threads share its one core and its neighbours keep theirs."""
+    from gpt import scorer as scorers
+
+    core = max(os.sched_getaffinity(0))
+    scorers.discard_idle()
+    pinned = slot("takes_every_core.py", small_dataset, tmp_path / "pinned", budget_s=4.0, cpus=(core,))
+    assert pinned.ok and pinned.budget == "pass", pinned.detail
+    assert f"affinity: {core}\n" in (tmp_path / "pinned" / "stdout.txt").read_text()
+    assert pinned.cpu_share <= 1.1 and pinned.limits["cpus"] == [core]
+    kept = [s for s in scorers._IDLE if s.alive()]
+    assert kept and all(os.sched_getaffinity(s.proc.pid) == {core} for s in kept)
+    scorers.discard_idle()
+
+
 def test_the_runner_takes_only_the_scorers_own_fields_from_its_answer():
     from gpt.scorer import scorer_result
 
