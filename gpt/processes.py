@@ -108,13 +108,15 @@ class _Stat:
     state: str
     cpu_ticks: int
     start: int
+    reaped_ticks: int = 0  # the CPU of its children that it waited for (cutime + cstime)
 
 
 def _stat(pid: int | str) -> _Stat | None:
     text = _read(f"/proc/{pid}/stat").decode(errors="replace")
     try:
         f = text.rsplit(")", 1)[1].split()
-        return _Stat(ppid=int(f[1]), sid=int(f[3]), state=f[0], cpu_ticks=int(f[11]) + int(f[12]), start=int(f[19]))
+        return _Stat(ppid=int(f[1]), sid=int(f[3]), state=f[0], cpu_ticks=int(f[11]) + int(f[12]), start=int(f[19]),
+                     reaped_ticks=int(f[13]) + int(f[14]))
     except (IndexError, ValueError):
         return None
 
@@ -142,6 +144,24 @@ def _memory_status(pid: int | str) -> str:
     return _read(f"/proc/{pid}/task/{other}/status").decode(errors="replace") if other else text
 
 
+def _memfds(pid: int | str) -> dict[tuple[int, int], int]:
+    """(device, inode) -> allocated bytes of each memfd the process holds open. A file written into a memfd
+    and never mapped is in no process's RSS (and past RLIMIT_DATA), yet it takes the machine's memory."""
+    found = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                found[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+        except OSError:
+            continue
+    return found
+
+
 @dataclass
 class SlotProcesses:
     """Finds the processes of one slot, none of it on the genome's word: descendants of the slot's
@@ -154,6 +174,7 @@ class SlotProcesses:
     members: set = field(default_factory=set)  # (pid, start time) of every process seen as the slot's
     adopted: set = field(default_factory=set)  # (pid, start time) found only as orphans the runner adopted
     cpu: dict = field(default_factory=dict)  # (pid, start time) -> CPU ticks last seen
+    tree_ticks: int = 0  # the most CPU the live processes and the children they reaped held at one scan
 
     def __post_init__(self):
         root = _stat(self.root_pid) if self.root_pid else None
@@ -167,7 +188,10 @@ class SlotProcesses:
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(self.cpu.values()) / _TICKS
+        """The slot's CPU so far, the larger of two lower bounds: each process's own time as last seen, and
+        the live processes' own time plus that of the children they reaped. The second counts a child that
+        lived and died between two scans (a DataLoader worker, say), which the first never sees."""
+        return max(sum(self.cpu.values()), self.tree_ticks) / _TICKS
 
     def scan(self) -> dict[int, str]:
         """pid -> comm of every live process of the slot."""
@@ -178,8 +202,8 @@ class SlotProcesses:
         marker = f"{TOKEN_ENV}={self.token}".encode()
         me = os.getpid()
         table = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != me:
+        for entry in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
+            if int(entry) != me:
                 st = _stat(entry)
                 if st is not None and st.state != "X" and (st.state != "Z" or _threads_live(entry)):
                     table[int(entry)] = st
@@ -201,6 +225,8 @@ class SlotProcesses:
             extra = {pid for pid, st in table.items() if st.ppid in found and pid not in found}
             found |= extra
             grew = bool(extra)
+        # read in pid order, a parent before its children: a child reaped mid-scan is missed, never counted twice
+        self.tree_ticks = max(self.tree_ticks, sum(table[pid].cpu_ticks + table[pid].reaped_ticks for pid in found))
         out = {}
         for pid in found:
             st = table[pid]
@@ -215,15 +241,17 @@ class SlotProcesses:
         return out
 
     def usage(self, pids) -> tuple[int, int]:
-        """(number of non-helper processes, summed anonymous+shmem resident MiB)."""
-        count, kb = 0, 0
+        """(number of non-helper processes, MiB held: anonymous and shmem resident memory, plus the pages of
+        every memfd a slot process holds open, which are RAM whether mapped or not)."""
+        count, kb, memfds = 0, 0, {}
         for pid, comm in pids.items():
             if comm not in HELPER_NAMES:
                 count += 1
             for line in _memory_status(pid).splitlines():
                 if line.startswith(("RssAnon:", "RssShmem:")):
                     kb += int(line.split()[1])
-        return count, kb // 1024
+            memfds.update(_memfds(pid))
+        return count, (kb + sum(memfds.values()) // 1024) // 1024
 
     def kill_all(self, timeout: float = 5.0) -> dict[int, str]:
         """Stop every slot process (so none can fork away), then SIGKILL them; returns {pid: comm} of those found."""
@@ -347,6 +375,7 @@ class Watchdog(threading.Thread):
         self.peak_mb = 0
         self.peak_procs = 0
         self.cpu_seconds = 0.0
+        self.cpu_samples: list[tuple[float, float]] = []  # (monotonic time, the slot's CPU seconds so far)
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -360,6 +389,7 @@ class Watchdog(threading.Thread):
             count, mb = self.procs.usage(self.procs.scan())
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, count)
             self.cpu_seconds = self.procs.cpu_seconds
+            self.cpu_samples.append((time.monotonic(), self.cpu_seconds))
             if self.limits.memory_mb and mb > self.limits.memory_mb:
                 self._trip("memory", f"the slot's processes held {mb} MiB, over memory_mb={self.limits.memory_mb}")
             elif self.limits.max_procs and count > self.limits.max_procs:

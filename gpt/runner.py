@@ -233,12 +233,25 @@ def _with_cpu_verdict(clock: dict, job: SlotJob, ran: Training) -> dict:
     took its neighbours' cores, or the controller's). Measured by the runner from /proc, so any way of using
     more cores shows, whatever the genome did."""
     share, _ = _contention(job, ran)
-    verdict = dict(clock, cpu_share=share, cpu_share_limit=OVERUSED_CPU_SHARE)
-    if verdict["pass"] and share is not None and share > OVERUSED_CPU_SHARE:
-        verdict.update({"pass": False, "detail": f"used {share * job.threads:.2f} cores on average while it ran, "
+    train_share = _training_share(job, ran, clock)
+    verdict = dict(clock, cpu_share=share, train_cpu_share=train_share, cpu_share_limit=OVERUSED_CPU_SHARE)
+    over = [(what, s) for what, s in (("while it ran", share), ("while it trained", train_share))
+            if s is not None and s > OVERUSED_CPU_SHARE]
+    if verdict["pass"] and over:
+        what, s = over[-1]
+        verdict.update({"pass": False, "detail": f"used {s * job.threads:.2f} cores on average {what}, "
                                                  f"in a slot of {job.threads} thread(s); leave torch's thread count "
                                                  "as lab.connect() sets it and start no threads of its own"})
     return verdict
+
+
+def _training_share(job: SlotJob, ran: Training, clock: dict) -> float | None:
+    """The CPU share of the training window alone (go to submit): over the whole slot, the idle seconds a
+    genome may leave after submit (the export allowance) would dilute a second core used while it trained."""
+    train_s = clock.get("train_s")
+    if not job.threads or ran.train_cpu_seconds is None or not train_s or train_s < 1.0 or ran.timed_out:
+        return None
+    return ran.train_cpu_seconds / (train_s * job.threads)
 
 
 def _budget_probe(result: SlotResult, clock: dict) -> None:

@@ -66,6 +66,7 @@ class Training:
     peak_memory_mb: int
     peak_procs: int
     cpu_seconds: float
+    train_cpu_seconds: float | None  # of cpu_seconds, those spent from go to submit (None: no submit)
     escaped_processes: int
     pid: int  # of the slot's root process (a fresh one for every genome)
     starter_wait_s: float  # how long the job waited for the starter's imports (about 0 when warm)
@@ -280,7 +281,21 @@ def _measured(job: SlotJob, out: Path, genome: GenomeProcess, watchdog, times: d
                     clock=clock_verdict(times, start, exited, job.budget_s, allowance),
                     limits=genome.limits.describe(), leftover_processes=leftovers, peak_memory_mb=watchdog.peak_mb,
                     peak_procs=watchdog.peak_procs, cpu_seconds=max(0.0, watchdog.cpu_seconds - baseline),
+                    train_cpu_seconds=_cpu_until(times.get("submit"), watchdog, (start, baseline), exited),
                     escaped_processes=genome.procs.escaped, pid=genome.proc.pid, starter_wait_s=waited)
+
+
+def _cpu_until(moment: float | None, watchdog, go: tuple[float, float], exited: float) -> float | None:
+    """The slot's CPU seconds from go to `moment` (submit), interpolated between the watchdog's samples: the
+    share of the training window alone, which the idle seconds of the export allowance cannot dilute."""
+    if moment is None:
+        return None
+    points = [go] + watchdog.cpu_samples + [(exited, watchdog.cpu_seconds)]
+    for (t0, c0), (t1, c1) in zip(points, points[1:]):
+        if t1 >= moment:
+            at = c0 if t1 <= t0 else c0 + (c1 - c0) * (min(max(moment, t0), t1) - t0) / (t1 - t0)
+            return max(0.0, at - go[1])
+    return max(0.0, watchdog.cpu_seconds - go[1])
 
 
 def stop_slot(proc: subprocess.Popen, procs: processes.SlotProcesses) -> None:

@@ -197,6 +197,33 @@ def test_a_genome_that_takes_more_cores_than_its_slot_has_fails_the_budget_probe
     assert honest.ok and honest.budget == "pass" and honest.probes["budget"]["cpu_share"] <= 1.25, honest.detail
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a second core to take")
+def test_a_genome_that_idles_through_its_export_to_hide_a_second_core_fails_the_budget_probe(small_dataset, tmp_path):
+    """Over the whole slot, the seconds a genome may idle after submit dilute its share; the training window
+    (go to submit) is measured on its own."""
+    idler = slot("dilutes_its_share.py", small_dataset, tmp_path / "idler", budget_s=4.0)
+    budget = idler.probes["budget"]
+    assert (idler.status, idler.reason, idler.budget) == ("flagged", "budget", "fail"), idler.detail
+    assert budget["train_cpu_share"] > 1.25 and "while it trained" in budget["detail"]
+    assert budget["cpu_share"] < budget["train_cpu_share"]  # what the whole slot alone would have shown
+
+
+def test_memory_held_in_a_memfd_counts_against_the_slots_memory_cap(small_dataset, tmp_path):
+    held = slot("memory_in_a_memfd.py", small_dataset, tmp_path / "memfd", budget_s=6.0, memory_mb=900)
+    assert (held.status, held.reason) == ("failed", "memory"), held.detail
+    assert "over memory_mb=900" in held.detail
+
+
+def test_the_cpu_of_child_processes_that_live_between_two_scans_is_counted(small_dataset, tmp_path):
+    """A child that is born and reaped between two /proc scans is never seen; its CPU is in its parent's
+    cutime and cstime, which the runner reads too."""
+    forks = slot("forks_short_workers.py", small_dataset, tmp_path / "forks", unchecked=True, budget_s=5.0)
+    assert forks.ok, forks.detail
+    printed = re.search(r"kernel_cpu_seconds: ([0-9.]+)", (tmp_path / "forks" / "stdout.txt").read_text())
+    kernel = float(printed.group(1))  # the genome's own and its reaped workers', up to its last step
+    assert forks.cpu_seconds >= 0.9 * kernel, (forks.cpu_seconds, kernel)
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a core outside the slot")
 def test_a_pinned_slot_keeps_a_genome_that_raises_its_thread_count_on_the_slots_own_cores(small_dataset, tmp_path):
     """Prevention rather than detection: every process of a pinned slot (the genome's and the scorer's) runs on
