@@ -61,8 +61,10 @@ class Scheduler:
         so repairs a follow-up lost in a crash."""
         for event in events:
             gid = event.genome_id
-            if event.kind == "reeval" and self.journal.count_for(gid, "reeval") < event.data.get("number", 1):
-                self.journal.queue_evaluation(gid, "reeval", self.directory.next_seed(gid))
+            if event.kind == "reeval":  # the re-runs of starved re-evaluations are reevals too, but not this one
+                wanted = event.data.get("number", 1) + self.state.records[gid].reruns.get("reeval", 0)
+                if self.journal.count_for(gid, "reeval") < wanted:
+                    self.journal.queue_evaluation(gid, "reeval", self.directory.next_seed(gid))
             elif event.kind == "contended":
                 purpose = event.data["purpose"]
                 rec = self.state.records[gid]

@@ -500,6 +500,33 @@ def test_a_starved_noise_evaluation_is_run_again_not_folded_into_the_floor(tmp_p
     assert evolution.journal.count_purpose("noise") == 3  # replaying queued nothing twice
 
 
+def test_a_candidate_whose_reevaluation_was_starved_is_still_judged_to_the_end(tmp_path):
+    """A starved re-evaluation is run again; the re-run must not use up the candidate's next re-evaluation,
+    or the sequential rule stops with the candidate neither crowned nor given up (CI, 2026-12-06: values
+    4.2892, 4.3836, a starved one, 4.3407, and then nothing queued)."""
+    from synthetic import add_child
+
+    evolution = new_run(tmp_path / "run", EVO_TINY, str(tmp_path / "no-dataset"), noise_repeats=3)
+    for val in (4.3259, 4.368, 4.3826):
+        finish(evolution, evolution.next_evaluation(), result(val=val))
+    lucky = add_child(evolution, EVO_TINY.read_text().replace("WIDTH = 16", "WIDTH = 32"), "WIDTH 16 -> 32")
+    finish(evolution, lucky, result(val=4.2892), "cpu1")
+    gid = lucky.genome_id
+    assert evolution.state.records[gid].candidate
+    starved = dataclasses.replace(result(val=4.40), contended=True, cpu_share=0.05)
+    for outcome in (result(val=4.3836), starved, result(val=4.3407)):
+        row = evolution.next_evaluation()
+        assert (row.genome_id, row.purpose) == (gid, "reeval")
+        finish(evolution, row, outcome, "cpu1")
+    rec = evolution.state.records[gid]
+    assert rec.vals == [4.2892, 4.3836, 4.3407] and rec.candidate  # 4.40 was starved, not folded in
+    queued = evolution.journal.queued()
+    assert [(q.genome_id, q.purpose) for q in queued] == [(gid, "reeval")], "the candidate was left undecided"
+    _, replayed = RunState.replay(evolution.config, evolution.journal)
+    evolution.follow_up(replayed)
+    assert len(evolution.journal.queued()) == 1  # a resume re-applies the events and queues nothing twice
+
+
 def test_an_evaluation_with_far_less_cpu_than_the_genomes_others_is_contended():
     rec = GenomeRecord(cpu_seconds=[20.0, 21.0, 19.0])
     assert contended(rec, SlotResult(status="ok", cpu_seconds=6.0))
