@@ -145,9 +145,16 @@ def _memory_status(pid: int | str) -> str:
 
 
 def _memfds(pid: int | str) -> dict[tuple[int, int], int]:
-    """(device, inode) -> allocated bytes of each memfd the process holds open. A file written into a memfd
-    and never mapped is in no process's RSS (and past RLIMIT_DATA), yet it takes the machine's memory."""
-    found = {}
+    """(device, inode) -> bytes of each memfd the process holds open or has mapped (the larger of its allocated
+    pages and its mapped ranges). A file written into a memfd and never touched through a mapping is in no
+    process's RSS (and past RLIMIT_DATA), yet it takes the machine's memory; its fd may be closed once mapped."""
+    found: dict[tuple[int, int], int] = {}
+    for line in _read(f"/proc/{pid}/maps").decode(errors="replace").splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].startswith("/memfd:"):
+            span, (major, minor) = fields[0].split("-"), fields[3].split(":")
+            key = (os.makedev(int(major, 16), int(minor, 16)), int(fields[4]))
+            found[key] = found.get(key, 0) + int(span[1], 16) - int(span[0], 16)
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -156,7 +163,8 @@ def _memfds(pid: int | str) -> dict[tuple[int, int], int]:
         try:
             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
                 st = os.stat(f"/proc/{pid}/fd/{fd}")
-                found[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+                key = (st.st_dev, st.st_ino)
+                found[key] = max(found.get(key, 0), st.st_blocks * 512)
         except OSError:
             continue
     return found
@@ -250,7 +258,8 @@ class SlotProcesses:
             for line in _memory_status(pid).splitlines():
                 if line.startswith(("RssAnon:", "RssShmem:")):
                     kb += int(line.split()[1])
-            memfds.update(_memfds(pid))
+            for key, size in _memfds(pid).items():  # one memfd seen from several processes counts once
+                memfds[key] = max(memfds.get(key, 0), size)
         return count, (kb + sum(memfds.values()) // 1024) // 1024
 
     def kill_all(self, timeout: float = 5.0) -> dict[int, str]:

@@ -208,8 +208,11 @@ def test_a_genome_that_idles_through_its_export_to_hide_a_second_core_fails_the_
     assert budget["cpu_share"] < budget["train_cpu_share"]  # what the whole slot alone would have shown
 
 
-def test_memory_held_in_a_memfd_counts_against_the_slots_memory_cap(small_dataset, tmp_path):
-    held = slot("memory_in_a_memfd.py", small_dataset, tmp_path / "memfd", budget_s=6.0, memory_mb=900)
+@pytest.mark.parametrize("genome", ["memory_in_a_memfd.py", "memory_in_a_mapped_memfd.py"])
+def test_memory_held_in_a_memfd_counts_against_the_slots_memory_cap(small_dataset, tmp_path, genome):
+    """Pages of a memfd that no mapping has touched are in no RSS: an open one is found by its fd, a closed
+    one by its mapping."""
+    held = slot(genome, small_dataset, tmp_path / "memfd", budget_s=6.0, memory_mb=900)
     assert (held.status, held.reason) == ("failed", "memory"), held.detail
     assert "over memory_mb=900" in held.detail
 
