@@ -149,7 +149,8 @@ def _memfds(pid: int | str) -> dict[tuple[int, int], int]:
     pages and its mapped ranges). A file written into a memfd and never touched through a mapping is in no
     process's RSS (and past RLIMIT_DATA), yet it takes the machine's memory; its fd may be closed once mapped."""
     found: dict[tuple[int, int], int] = {}
-    for line in _read(f"/proc/{pid}/maps").decode(errors="replace").splitlines():
+    maps = _read(f"/proc/{pid}/maps")
+    for line in maps.decode(errors="replace").splitlines() if b"/memfd:" in maps else ():
         fields = line.split(None, 5)
         if len(fields) == 6 and fields[5].startswith("/memfd:"):
             span, (major, minor) = fields[0].split("-"), fields[3].split(":")
@@ -249,8 +250,8 @@ class SlotProcesses:
         return out
 
     def usage(self, pids) -> tuple[int, int]:
-        """(number of non-helper processes, MiB held: anonymous and shmem resident memory, plus the pages of
-        every memfd a slot process holds open, which are RAM whether mapped or not)."""
+        """(number of non-helper processes, MiB held: anonymous and shmem resident memory, plus every memfd a
+        slot process holds open or has mapped, which is RAM whether its pages were touched or not)."""
         count, kb, memfds = 0, 0, {}
         for pid, comm in pids.items():
             if comm not in HELPER_NAMES:

@@ -44,8 +44,7 @@ from gpt.result import SlotResult
 from gpt import scorer as scorers
 from gpt.static_checks import check_source, format_findings
 from gpt.training import MEMORY_ERRORS, GenomeProcess, Training, tail
-from gpt.job import OVERUSED_CPU_SHARE
-from gpt.job import CONTENDED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
+from gpt.job import CONTENDED_CPU_SHARE, OVERUSED_CPU_SHARE, SlotJob  # noqa: F401  (the runner's input, imported from here by evo)
 from gpt.training import default_grace, kill_all_slots  # noqa: F401  (imported from here by evo)
 
 

@@ -290,12 +290,10 @@ def _cpu_until(moment: float | None, watchdog, go: tuple[float, float], exited: 
     share of the training window alone, which the idle seconds of the export allowance cannot dilute."""
     if moment is None:
         return None
-    points = [go] + watchdog.cpu_samples + [(exited, watchdog.cpu_seconds)]
-    for (t0, c0), (t1, c1) in zip(points, points[1:]):
-        if t1 >= moment:
-            at = c0 if t1 <= t0 else c0 + (c1 - c0) * (min(max(moment, t0), t1) - t0) / (t1 - t0)
-            return max(0.0, at - go[1])
-    return max(0.0, watchdog.cpu_seconds - go[1])
+    import numpy as np
+
+    times, cpu = zip(go, *watchdog.cpu_samples, (exited, watchdog.cpu_seconds))
+    return max(0.0, float(np.interp(moment, times, cpu)) - go[1])
 
 
 def stop_slot(proc: subprocess.Popen, procs: processes.SlotProcesses) -> None:
