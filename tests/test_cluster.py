@@ -260,9 +260,12 @@ def test_run_on_hidden_workers_survives_a_worker_killed_mid_evaluation(tmp_path_
             time.sleep(0.5)
             if not journal.exists():
                 continue
-            with sqlite3.connect(journal) as db:
-                rows = db.execute("SELECT id, slot FROM evaluations WHERE state = 'running' AND slot LIKE 'w1/%' "
-                                  "AND started < ?", (time.time() - 1.5,)).fetchall()
+            try:
+                with sqlite3.connect(journal) as db:
+                    rows = db.execute("SELECT id, slot FROM evaluations WHERE state = 'running' AND slot LIKE 'w1/%' "
+                                      "AND started < ?", (time.time() - 1.5,)).fetchall()
+            except sqlite3.OperationalError:  # the run has created the file but not yet its tables
+                continue
             if rows:
                 victim = rows[0][0]
                 procs.kill("w1")
@@ -314,9 +317,12 @@ def test_a_lost_scheduler_stops_the_run_resumably_and_a_new_one_finishes_it(tmp_
         while time.time() < deadline and run.poll() is None:
             time.sleep(0.5)
             if journal.exists():
-                with sqlite3.connect(journal) as db:
-                    if db.execute("SELECT COUNT(*) FROM evaluations WHERE state = 'running'").fetchone()[0]:
-                        break
+                try:
+                    with sqlite3.connect(journal) as db:
+                        if db.execute("SELECT COUNT(*) FROM evaluations WHERE state = 'running'").fetchone()[0]:
+                            break
+                except sqlite3.OperationalError:  # the run has created the file but not yet its tables
+                    continue
         procs.close()  # the scheduler and its worker go away mid-evaluation
         out, err = run.communicate(timeout=300)
         assert run.returncode == 75, err[-3000:]
